@@ -1,0 +1,45 @@
+# One place for set-up and checks. `make demo` and `make test` work on a fresh machine:
+# they create .venv, install torch==2.13.0 (a CPU build on these machines) and then the package.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.exitnet-installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test test-all check format bench bench-full clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/exitnet demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m ''
+
+check: $(STAMP)
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/exitnet bench --suite quick
+
+bench-full: $(STAMP)
+	$(BIN)/exitnet bench --suite full
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

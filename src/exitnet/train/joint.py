@@ -1,0 +1,90 @@
+"""Joint (deeply-supervised) training, eq. (6)-(7) of the survey: one loss, a weighted sum over exits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from exitnet.model import MultiExitNetwork
+from exitnet.outputs import ExitOutputs
+from exitnet.train.base import Strategy
+
+__all__ = ["Joint", "exit_weights"]
+
+_SCHEMES = ("uniform", "inception", "sdn")
+
+
+def exit_weights(scheme: str | Sequence[float], num_exits: int, *, epoch: int = 0, epochs: int = 1) -> list[float]:
+    """Weights α_i of eq. (6) for every exit (the last is the overall loss L, weight 1 unless a list says).
+
+    - ``"uniform"``: 1 for every exit.
+    - ``"inception"``: 0.3 for every auxiliary exit, 1 for the final one (Szegedy et al.).
+    - ``"sdn"``: Shallow-Deep Networks' schedule: auxiliary exit i's weight grows linearly over training from
+      0.01 to its maximum ``0.9 (i + 1) / (E - 1)`` (0.15, 0.3, …, 0.9 for six auxiliary exits), reached at the
+      last epoch; the final exit keeps weight 1.
+    - a list of ``num_exits`` non-negative numbers.
+
+    Example:
+        >>> exit_weights("inception", 3)
+        [0.3, 0.3, 1.0]
+        >>> [round(w, 3) for w in exit_weights("sdn", 3, epoch=0, epochs=4)]
+        [0.01, 0.01, 1.0]
+    """
+    if isinstance(scheme, str):
+        if scheme == "uniform":
+            return [1.0] * num_exits
+        if scheme == "inception":
+            return [0.3] * (num_exits - 1) + [1.0]
+        if scheme == "sdn":
+            aux = num_exits - 1
+            progress = epoch / max(1, epochs - 1)
+            maxima = [0.9 * (i + 1) / aux for i in range(aux)]
+            return [min(m, 0.01 + progress * m) for m in maxima] + [1.0]
+        raise ValueError(f"unknown weights {scheme!r}; choose one of: {', '.join(_SCHEMES)}, or a list")
+    weights = [float(w) for w in scheme]
+    if len(weights) != num_exits:
+        raise ValueError(f"got {len(weights)} exit weights for {num_exits} exits")
+    if any(w < 0 or w != w for w in weights):
+        raise ValueError(f"exit weights must be non-negative numbers, got {weights}")
+    return weights
+
+
+def weighted_exit_loss(stack: torch.Tensor, y: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Σ_i α_i · mean_n CE(y_n, c_i(x_n)) over exits, vectorised: ``stack`` is ``[E, B, C]``."""
+    num_exits, batch, num_classes = stack.shape
+    ce = F.cross_entropy(stack.reshape(num_exits * batch, num_classes), y.repeat(num_exits), reduction="none")
+    per_exit = ce.reshape(num_exits, batch).mean(dim=1)  # [E]
+    return (per_exit * torch.as_tensor(weights, dtype=per_exit.dtype, device=per_exit.device)).sum()
+
+
+class Joint(Strategy):
+    """Train every stage and head together on the weighted sum of the exits' losses, eq. (6).
+
+    Args:
+        weights: ``"uniform"``, ``"inception"``, ``"sdn"`` or one weight per exit (see :func:`exit_weights`).
+    """
+
+    name = "joint"
+
+    def __init__(self, weights: str | Sequence[float] = "sdn") -> None:
+        if isinstance(weights, str) and weights not in _SCHEMES:
+            raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(_SCHEMES)}, or a list")
+        self.weights = weights
+        self._current: list[float] | None = None
+
+    def on_epoch_start(self, net: MultiExitNetwork, epoch: int, epochs: int) -> None:
+        self._current = exit_weights(self.weights, net.num_exits, epoch=epoch, epochs=epochs)
+
+    def loss(
+        self, net: MultiExitNetwork, outputs: ExitOutputs, y: torch.Tensor, *, epoch: int, epochs: int
+    ) -> torch.Tensor:
+        weights = self._current or exit_weights(self.weights, len(outputs), epoch=epoch, epochs=epochs)
+        return weighted_exit_loss(outputs.stack(), y, weights)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "weights": self.weights if isinstance(self.weights, str) else list(self.weights),
+        }
