@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.exitnet-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-all check format bench bench-full clean
+.PHONY: install demo test test-all check format bench bench-full bench-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,17 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-bench: $(STAMP)
+# The benchmarks need Fashion-MNIST (Debian package dataset-fashion-mnist). When it is missing and we are root,
+# try to install it; otherwise `exitnet bench` stops with a message that says how to get it.
+bench-data: $(STAMP)
+	@$(BIN)/python -c "import exitnet.data as d; d.fashion_mnist(download=False, limit=1)" >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }; }; } || true
+
+bench: bench-data
 	$(BIN)/exitnet bench --suite quick
 
-bench-full: $(STAMP)
+bench-full: bench-data
 	$(BIN)/exitnet bench --suite full
 
 clean:

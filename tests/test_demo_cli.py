@@ -9,7 +9,7 @@ from exitnet.cli import main
 
 def test_demo_writes_report_and_figure(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "1", "--threads", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
     rep = json.loads((out / "report.json").read_text())
     for key in ("final_accuracy", "early_exit_accuracy", "flops_saved", "speedup_flops", "speedup_wall", "per_exit"):
         assert key in rep

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "calibrate": 6,
     "runtime": 6,
     "analysis": 6,
+    "placement": 6,
     "plots": 7,
     "demo": 7,
     "tiers": 7,

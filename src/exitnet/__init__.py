@@ -11,7 +11,7 @@ Example:
 
 from exitnet import analysis, backbones, data, policies, train
 from exitnet._version import __version__
-from exitnet.calibrate import calibrate
+from exitnet.calibrate import calibrate, calibrate_iterative, pareto_front
 from exitnet.checkpoint import load, load_policy, save
 from exitnet.cost import CostProfile, expected_cost, profile
 from exitnet.heads import create_head, list_heads
@@ -30,6 +30,7 @@ __all__ = [
     "analysis",
     "backbones",
     "calibrate",
+    "calibrate_iterative",
     "create_head",
     "data",
     "expected_cost",
@@ -38,6 +39,7 @@ __all__ = [
     "list_heads",
     "load",
     "load_policy",
+    "pareto_front",
     "policies",
     "predict",
     "profile",

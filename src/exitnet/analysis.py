@@ -15,7 +15,7 @@ from exitnet.cost import CostProfile, expected_cost
 from exitnet.outputs import ExitOutputs, as_stack
 from exitnet.policies import ExitPolicy
 
-__all__ = ["report", "oracle_exit", "overthinking_rate"]
+__all__ = ["report", "oracle_exit", "overthinking_rate", "to_markdown"]
 
 
 def oracle_exit(stack: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,13 @@ def oracle_exit(stack: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def overthinking_rate(stack: torch.Tensor, y: torch.Tensor) -> float:
-    """Share of samples wrong at the final exit but right at some earlier exit (Kaya et al.'s overthinking)."""
+    """Share of samples wrong at the final exit but right at some earlier exit (Kaya et al.'s overthinking).
+
+    Example:
+        >>> stack = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[0.0, 2.0], [0.0, 2.0]]])  # [E=2, B=2, C=2]
+        >>> overthinking_rate(stack, torch.tensor([0, 1]))  # sample 0: right at exit 0, wrong at the end
+        0.5
+    """
     correct = stack.argmax(dim=-1) == y.unsqueeze(0)  # [E, B]
     if correct.shape[0] < 2:
         return 0.0
@@ -57,7 +63,8 @@ def report(
         A dict with ``num_samples``, ``exit_names``, ``per_exit`` (list of ``{name, accuracy, flops, fraction}``),
         ``final_accuracy``, and when a policy or ``exit_index`` is given ``early_exit_accuracy``, ``mean_flops``
         (eq. (12) per sample), ``flops_saved`` and ``speedup_flops``; always ``oracle`` (accuracy, mean_flops,
-        flops_saved of the earliest correct exit) and ``overthinking_rate``.
+        flops_saved, speedup_flops of the earliest correct exit) and ``overthinking_rate``. Each ``per_exit``
+        entry also has ``overthinking``: the share of samples that exit gets right and the final exit wrong.
 
     Example:
         >>> stack = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[2.0, 0.0], [2.0, 0.0]]])  # [E=2, B=2, C=2]
@@ -73,6 +80,8 @@ def report(
         raise ValueError(f"logits hold {n} samples but there are {y.shape[0]} labels")
     if n == 0:
         raise ValueError("report needs at least one sample")
+    if int(y.min()) < 0 or int(y.max()) >= stack.shape[2]:
+        raise ValueError(f"labels must lie in [0, {stack.shape[2] - 1}] for {stack.shape[2]} classes")
     if isinstance(cost, CostProfile):
         exit_cost = [float(c) for c in cost.exit_flops]
         base = float(cost.backbone_flops) if baseline_cost is None else float(baseline_cost)
@@ -107,8 +116,15 @@ def report(
             flops_saved=1.0 - mean_cost / base,
             speedup_flops=base / mean_cost,
         )
+    overthinking = (correct & ~correct[-1:]).double().mean(dim=1).tolist()  # [E]: right here, wrong at the end
     out["per_exit"] = [
-        {"name": names[i], "accuracy": per_exit_acc[i], "flops": exit_cost[i], "fraction": fractions[i]}
+        {
+            "name": names[i],
+            "accuracy": per_exit_acc[i],
+            "flops": exit_cost[i],
+            "fraction": fractions[i],
+            "overthinking": overthinking[i],
+        }
         for i in range(num_exits)
     ]
     oracle = oracle_exit(stack, y)
@@ -117,7 +133,91 @@ def report(
         "accuracy": float(correct.any(dim=0).double().mean()),
         "mean_flops": oracle_cost,
         "flops_saved": 1.0 - oracle_cost / base,
+        "speedup_flops": base / oracle_cost if oracle_cost > 0 else float("inf"),
         "exit_fractions": [float(c) / n for c in torch.bincount(oracle, minlength=num_exits)],
     }
     out["overthinking_rate"] = overthinking_rate(stack, y)
     return out
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def to_markdown(rep: dict[str, Any], *, title: str = "Early-exit report", figures: dict[str, str] | None = None) -> str:
+    """A Markdown page for a person: the headline numbers, a per-exit table, the oracle, overthinking, and
+    links to the figures (``figures`` maps a caption to a relative path).
+
+    Example:
+        >>> stack = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[2.0, 0.0], [2.0, 0.0]]])
+        >>> md = to_markdown(report(stack, torch.tensor([0, 1]), exit_index=torch.tensor([0, 1]), cost=[1.0, 3.0]))
+        >>> "| exit0 |" in md and "Oracle" in md
+        True
+    """
+    mf = 1e6 if rep.get("baseline_flops", 0) >= 1e5 else 1.0
+    unit = "MFLOPs" if mf == 1e6 else "cost units"
+    lines = [f"# {title}", ""]
+    meta = [(k, rep[k]) for k in ("checkpoint", "dataset", "split", "policy_name") if k in rep]
+    for k, v in meta:
+        lines.append(f"- **{k.replace('_', ' ')}**: `{v}`")
+    lines.append(f"- **samples**: {rep['num_samples']}, **exits**: {rep['num_exits']}")
+    lines.append(f"- **final-exit accuracy**: {_pct(rep['final_accuracy'])}")
+    if "early_exit_accuracy" in rep:
+        drop = rep["final_accuracy"] - rep["early_exit_accuracy"]
+        side = f"{100 * drop:.2f} points below" if drop >= 0 else f"{-100 * drop:.2f} points above"
+        lines += [
+            f"- **early-exit accuracy**: {_pct(rep['early_exit_accuracy'])} ({side} the final exit)",
+            f"- **mean cost**: {rep['mean_flops'] / mf:.4g} {unit} per sample, against "
+            f"{rep['baseline_flops'] / mf:.4g} "
+            f"for the backbone alone: **{_pct(rep['flops_saved'])} saved**, speed-up {rep['speedup_flops']:.2f}x "
+            "(FLOPs-predicted)",
+        ]
+    if "speedup_wall" in rep:
+        lines.append(f"- **wall-clock speed-up**: {rep['speedup_wall']:.2f}x")
+    if rep.get("policy_source"):
+        lines.append(f"- **policy**: {rep['policy_source']}")
+    for warning in rep.get("warnings") or []:
+        lines += ["", f"> **Warning**: {warning}"]
+    oracle = rep["oracle"]
+    lines += [
+        "",
+        "## Per exit",
+        "",
+        f"| exit | accuracy | cumulative {unit} | leaves here | oracle leaves here | right here, wrong at the end |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for e, of in zip(rep["per_exit"], oracle["exit_fractions"], strict=True):
+        lines.append(
+            f"| {e['name']} | {_pct(e['accuracy'])} | {e['flops'] / mf:.4g} | {_pct(e['fraction'])} | {_pct(of)} | "
+            f"{_pct(e.get('overthinking'))} |"
+        )
+    lines += [
+        "",
+        "## Oracle and overthinking",
+        "",
+        "The oracle sends every sample out at the earliest exit that gets it right: accuracy "
+        f"{_pct(oracle['accuracy'])} at {oracle['mean_flops'] / mf:.4g} {unit} per sample "
+        f"({_pct(oracle['flops_saved'])} saved, speed-up {oracle.get('speedup_flops', float('nan')):.2f}x). "
+        "No policy that sees only the exits' outputs can do better.",
+        "",
+        f"Overthinking: {_pct(rep['overthinking_rate'])} of the samples are wrong at the final exit but right at some "
+        "earlier exit.",
+    ]
+    if rep.get("pareto_front"):
+        front = rep["pareto_front"]
+        lines += [
+            "",
+            f"## Pareto front of the policy ({len(front)} points on this split)",
+            "",
+            f"| mean {unit} | accuracy |",
+            "|---:|---:|",
+        ]
+        step = max(1, len(front) // 12)
+        shown = front[::step] if (len(front) - 1) % step == 0 else [*front[::step], front[-1]]
+        for pt in shown:
+            lines.append(f"| {pt['flops'] / mf:.4g} | {_pct(pt['accuracy'])} |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        for caption, path in figures.items():
+            lines += [f"![{caption}]({path})", ""]
+    return "\n".join(lines).rstrip() + "\n"

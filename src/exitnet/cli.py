@@ -1,10 +1,12 @@
-"""The ``exitnet`` command. User errors print one line and exit 2; ``--debug`` shows the traceback."""
+"""The ``exitnet`` command. A user error prints one line and exits non-zero; ``--debug`` shows the traceback."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -86,28 +88,85 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# typer >= 0.20 vendors click as typer._click; older typer runs on click itself.
+_click: Any = importlib.import_module("typer._click" if importlib.util.find_spec("typer._click") else "click")
+_UsageError = _click.exceptions.UsageError
+_ClickException = _click.exceptions.ClickException
+_NoArgsIsHelpError = getattr(_click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _say(message: str) -> None:
+    """Print ``message`` as one line on stderr (no wrapping, no markup)."""
+    line = " ".join(str(message).split())
+    Console(stderr=True, soft_wrap=True).print(line, style="red", markup=False, highlight=False)
+
+
+def _usage_hint(err: Any) -> str:
+    ctx = getattr(err, "ctx", None)
+    path = ctx.command_path if ctx is not None else "exitnet"
+    return f" (see '{path} --help')"
+
+
+#: Errors that mean "the user asked for something that cannot be done" (wrong value, missing file, bad
+#: checkpoint, policy not fitted, loss became NaN, optional dependency missing): printed as they are.
+#: Anything else (KeyError, AttributeError, ...) is a bug, and the line says so.
+_USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ArithmeticError, ImportError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``exitnet`` script: returns the exit status."""
+    """Entry point of the ``exitnet`` script: returns the exit status.
+
+    A user error prints one line, ``error: …``, on stderr and returns 1 (2 for a bad command line); no traceback
+    unless ``--debug`` is given, in which case the exception propagates with its traceback.
+
+    Example:
+        >>> main(["--help"])  # doctest: +SKIP
+        0
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    # The callback sets it too, but only once parsing gets that far; like the callback, only a --debug before the
+    # command counts ("exitnet demo --debug" is a usage error, reported as one).
+    head = args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]
+    _DEBUG["on"] = "--debug" in head
+    if not [a for a in args if a != "--debug"]:
+        args.append("--help")  # a bare "exitnet" shows the help and succeeds
     try:
-        # standalone mode: typer prints usage errors itself and exits 2; other errors come here.
-        app(args=argv, standalone_mode=True)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("aborted", style="red")
+        result = app(args=args, prog_name="exitnet", standalone_mode=False)
+    except _NoArgsIsHelpError:  # no_args_is_help on a group (a bare "exitnet" is handled below)
+        app(args=[*args, "--help"], prog_name="exitnet", standalone_mode=False)
+        return 0
+    except _UsageError as err:  # bad option, missing argument, BadParameter raised by a command
+        if _DEBUG["on"]:
+            raise
+        _say(f"error: {err.format_message()}{_usage_hint(err)}")
+        return err.exit_code
+    except _ClickException as err:
+        if _DEBUG["on"]:
+            raise
+        _say(f"error: {err.format_message()}")
+        return err.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        _say("aborted")
         return 130
+    except typer.Exit as err:
+        return int(err.exit_code)
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
     except Exception as err:
         if _DEBUG["on"]:
             raise
-        Console(stderr=True).print(f"error: {err}", style="red", markup=False, highlight=False)
+        if isinstance(err, _USER_ERRORS):
+            _say(f"error: {err}")
+        else:
+            _say(f"error: internal error ({type(err).__name__}: {err}); run again with --debug for the traceback")
         return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def run() -> None:
     """Console-script wrapper: exit with :func:`main`'s status."""
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
     raise SystemExit(main())

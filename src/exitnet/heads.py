@@ -9,13 +9,23 @@ Pick one with :func:`create_head`; :func:`list_heads` lists the kinds (STYLE.md 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["create_head", "list_heads", "LinearHead", "MLPHead", "PoolHead", "SDNHead", "TokenHead"]
+__all__ = [
+    "create_head",
+    "list_heads",
+    "LinearHead",
+    "MLPHead",
+    "PoolHead",
+    "SDNHead",
+    "TokenHead",
+    "SklearnHead",
+]
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -118,12 +128,105 @@ class TokenHead(nn.Module):
         return self.fc(self.norm(pooled))
 
 
+class SklearnHead(nn.Module):
+    """A non-neural exit head (survey §5.4): any scikit-learn classifier with ``predict_proba`` on pooled features.
+
+    Features ``[B, C, *spatial]`` are averaged over the spatial dimensions (``pool="avg"``; token features
+    ``[B, T, D]`` over the tokens) or flattened (``pool="flatten"``). The head returns log-probabilities as logits,
+    so softmax gives back the estimator's probabilities and policies, calibration and the runtime treat it as any
+    head. Fit it with :meth:`fit` on stage outputs, or let ``exitnet.train.Separate`` fit it; until then it predicts
+    the uniform distribution (with a warning). It has no tensors, so a checkpoint cannot hold it: keep the
+    estimator with your own tools (joblib, skops).
+
+    Args:
+        estimator: an unfitted scikit-learn classifier with ``predict_proba`` (logistic regression, an SVM in
+            ``CalibratedClassifierCV``, a decision tree, kNN, …).
+        num_classes: number of logits (default: the largest label seen by :meth:`fit` plus one).
+        pool: ``"avg"`` or ``"flatten"``.
+
+    Example:
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> head = SklearnHead(LogisticRegression(), num_classes=3)
+        >>> h, y = torch.randn(30, 4, 2, 2), torch.arange(30) % 3
+        >>> head.fit(h, y)(h).shape
+        torch.Size([30, 3])
+    """
+
+    def __init__(self, estimator: Any, num_classes: int | None = None, *, pool: str = "avg") -> None:
+        super().__init__()
+        if not (hasattr(estimator, "fit") and hasattr(estimator, "predict_proba")):
+            raise TypeError(
+                f"SklearnHead needs an estimator with fit and predict_proba, got {type(estimator).__name__}"
+            )
+        if pool not in ("avg", "flatten"):
+            raise ValueError(f"SklearnHead pool must be 'avg' or 'flatten', got {pool!r}")
+        self.estimator = estimator
+        self.num_classes = num_classes
+        self.pool = pool
+        self.classes_: list[int] | None = None
+        self._warned = False
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """The pooled features the estimator sees, ``[B, F]`` (float32, detached)."""
+        h = h.detach().float()
+        if self.pool == "avg" and h.dim() == 3:
+            return h.mean(dim=1)  # tokens [B, T, D] -> [B, D]
+        if self.pool == "avg" and h.dim() > 3:
+            return h.mean(dim=tuple(range(2, h.dim())))  # [B, C, *spatial] -> [B, C]
+        return torch.flatten(h, 1)  # [B, ...] -> [B, F]
+
+    def fit(self, h: torch.Tensor, y: torch.Tensor, *, pooled: bool = False) -> SklearnHead:
+        """Fit the estimator on stage outputs ``h`` (or on :meth:`features` already, with ``pooled=True``)."""
+        feats = (h.detach().float() if pooled else self.features(h)).cpu().numpy()
+        labels = y.detach().cpu().reshape(-1).numpy()
+        if len(feats) != len(labels) or len(labels) == 0:
+            raise ValueError(
+                f"SklearnHead.fit needs as many labels as samples (> 0), got {len(feats)} and {len(labels)}"
+            )
+        self.estimator.fit(feats, labels)
+        classes = [int(c) for c in self.estimator.classes_]
+        if self.num_classes is None:
+            self.num_classes = max(classes) + 1
+        if min(classes) < 0 or max(classes) >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}], got classes {classes}")
+        self.classes_ = classes
+        return self
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.classes_ is None or self.num_classes is None:
+            if self.num_classes is None:
+                raise RuntimeError(
+                    "this SklearnHead is not fitted yet; call head.fit(stage_outputs, y) or train with "
+                    "exitnet.train.Separate()"
+                )
+            if not self._warned:
+                warnings.warn("an unfitted SklearnHead predicts the uniform distribution", stacklevel=2)
+                self._warned = True
+            return torch.zeros(h.shape[0], self.num_classes, device=h.device)  # uniform: it knows nothing yet
+        proba = self.estimator.predict_proba(self.features(h).cpu().numpy())  # [B, len(classes_)]
+        out = torch.full((h.shape[0], self.num_classes), -30.0)  # classes never seen get ~zero probability
+        out[:, self.classes_] = torch.from_numpy(proba).float().clamp_min(1e-13).log()
+        return out.to(h.device)
+
+    def extra_repr(self) -> str:
+        return f"estimator={type(self.estimator).__name__}, num_classes={self.num_classes}, pool={self.pool!r}"
+
+
+def _sklearn_head(
+    feature_shape: Sequence[int], num_classes: int, *, estimator: Any = None, pool: str = "avg"
+) -> nn.Module:
+    if estimator is None:
+        raise ValueError("head kind 'sklearn' needs estimator=<a scikit-learn classifier with predict_proba>")
+    return SklearnHead(estimator, num_classes, pool=pool)
+
+
 _HEADS: dict[str, Callable[..., nn.Module]] = {
     "linear": LinearHead,
     "mlp": MLPHead,
     "pool": PoolHead,
     "sdn": SDNHead,
     "token": TokenHead,
+    "sklearn": _sklearn_head,
 }
 
 
@@ -146,7 +249,8 @@ def create_head(kind: str, feature_shape: Sequence[int], num_classes: int, **kwa
         kind: one of :func:`list_heads`.
         feature_shape: the stage output's shape without the batch dimension, e.g. ``(16, 8, 8)``.
         num_classes: number of output logits.
-        **kwargs: options of that head (``hidden`` for mlp, ``size`` for sdn, ``pooling`` for token).
+        **kwargs: options of that head (``hidden`` for mlp, ``size`` for sdn, ``pooling`` for token,
+            ``estimator`` and ``pool`` for sklearn).
 
     Returns:
         A module mapping ``[B, *feature_shape]`` to ``[B, num_classes]``.

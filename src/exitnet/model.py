@@ -93,6 +93,8 @@ class MultiExitNetwork(nn.Module):
         # JSON-serialisable recipe to rebuild this network (set by the builders; read by exitnet.checkpoint).
         self.spec: dict[str, Any] | None = None
         self._cost_profile: CostProfile | None = None
+        # dtype of the sample input the builders saw (None = unchecked); integer inputs suit embedding backbones.
+        self.input_dtype: torch.dtype | None = None
         # Layout the runtime gives each input batch (set by exitnet.runtime.optimize_for_inference).
         self.input_memory_format: torch.memory_format | None = None
 
@@ -181,7 +183,7 @@ class MultiExitNetwork(nn.Module):
                 "check num_classes"
             )
         heads = [_make_head(s, shape, num_classes)[0] for s, shape in zip(specs, shapes[:-1], strict=True)]
-        return cls(
+        net = cls(
             stages,
             [*heads, nn.Identity()],
             exit_names=[*names, "final"],
@@ -189,6 +191,8 @@ class MultiExitNetwork(nn.Module):
             feature_shapes=shapes,
             num_classes=num_classes,
         )
+        net.input_dtype = sample_input.dtype
+        return net
 
     # ------------------------------------------------------------------ running
     @property
@@ -201,6 +205,7 @@ class MultiExitNetwork(nn.Module):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"the network expects input {shape_str(self.input_shape)}, got {tuple(x.shape)}")
+        _check_dtype(self, x)
 
     def forward_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Run stage ``i`` on the output of stage ``i - 1`` (or on the input, for ``i == 0``)."""
@@ -244,6 +249,32 @@ class MultiExitNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"exits={list(self.exit_names)}, input_shape={self.input_shape}, num_classes={self.num_classes}"
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4 takes no argument
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+
+
+def _check_dtype(net: MultiExitNetwork, x: torch.Tensor) -> None:
+    """Raise a ``ValueError`` if ``x``'s dtype cannot go into ``net`` (the built-in kind, or the weights' dtype)."""
+    kind = net.input_dtype
+    if kind is not None and x.is_floating_point() != kind.is_floating_point:
+        raise ValueError(
+            f"the network expects {'floating-point' if kind.is_floating_point else 'integer'} input "
+            f"(it was built with {kind}), got {x.dtype}"
+        )
+    p = next(net.parameters(), None)
+    if (
+        x.is_floating_point()
+        and p is not None
+        and p.is_floating_point()
+        and p.dtype != x.dtype
+        and not _autocast_on(x.device.type)
+    ):
+        raise ValueError(f"the network's weights are {p.dtype} but the input is {x.dtype}; convert it: x.to({p.dtype})")
 
 
 def _attach_backbone_spec(net: MultiExitNetwork, model: nn.Module, head: Any) -> None:

@@ -76,6 +76,36 @@ class ExitOutputs:
         """Arg-max class of every exit, ``[E, B]``."""
         return self.stack().argmax(dim=-1)
 
+    def combined(self, mode: str = "mean", weights: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:
+        """One prediction from every exit's logits, ``[B, C]``: eq. (8) of the survey, ŷ = Σ_i α_i c_i(x).
+
+        Args:
+            mode: ``"mean"`` or ``"max"`` (fixed pooling over exits, as DDNN does; no weights), ``"weighted"``
+                (Σ_i w_i z_i with the ``weights`` as given) or ``"convex"`` (the same with softmax(``weights``)).
+            weights: one weight per exit for ``"weighted"`` / ``"convex"`` (learned ones from
+                ``exitnet.train.Combined``); gradients flow through a tensor.
+
+        Example:
+            >>> out = ExitOutputs((torch.tensor([[0.0, 2.0]]), torch.tensor([[4.0, 0.0]])))
+            >>> out.combined("mean"), out.combined("max"), out.combined("weighted", [0.5, 0.25])
+            (tensor([[2., 1.]]), tensor([[4., 2.]]), tensor([[1., 1.]]))
+        """
+        stack = self.stack()  # [E, B, C]
+        if mode in ("mean", "max"):
+            if weights is not None:
+                raise ValueError(f"combined mode {mode!r} is a fixed pooling and takes no weights")
+            return stack.mean(dim=0) if mode == "mean" else stack.amax(dim=0)
+        if mode not in ("weighted", "convex"):
+            raise ValueError(f"unknown combined mode {mode!r}; choose one of: mean, max, weighted, convex")
+        if weights is None:
+            raise ValueError(f"combined mode {mode!r} needs one weight per exit ({len(self)})")
+        w = torch.as_tensor(weights, dtype=stack.dtype, device=stack.device).reshape(-1)
+        if w.numel() != len(self):
+            raise ValueError(f"combined mode {mode!r} needs {len(self)} weights (one per exit), got {w.numel()}")
+        if mode == "convex":
+            w = torch.softmax(w, dim=0)
+        return (w[:, None, None] * stack).sum(dim=0)  # [E, 1, 1] * [E, B, C] -> [B, C]
+
     def detach(self) -> ExitOutputs:
         return ExitOutputs(tuple(t.detach() for t in self.logits), self.names)
 

@@ -66,8 +66,14 @@ def _check(net: MultiExitNetwork, policy: ExitPolicy, batch_size: int) -> None:
     if not isinstance(policy, ExitPolicy):
         raise TypeError(f"predict needs an ExitPolicy, got {type(policy).__name__}")
     policy.check_is_fitted()
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    thresholds = getattr(policy, "thresholds_", None)
+    if isinstance(thresholds, list) and len(thresholds) != net.num_exits - 1:
+        raise ValueError(
+            f"the policy has {len(thresholds)} thresholds but the network has {net.num_exits} exits "
+            f"(needs {net.num_exits - 1}, one per auxiliary exit); fit or calibrate it on this network"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (an integer), got {batch_size!r}")
 
 
 def _take(h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Joint (deeply-supervised) training, eq. (6)-(7) of the survey: one loss, a weighted sum over exits."""
+"""Joint (deeply-supervised) training, eq. (6)-(7) of the survey: one loss, a weighted sum over exits, optionally
+with self-distillation from the final exit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy
 
-__all__ = ["Joint", "exit_weights"]
+__all__ = ["Joint", "exit_weights", "weighted_exit_loss", "distillation_loss"]
 
 _SCHEMES = ("uniform", "inception", "sdn")
 
@@ -59,19 +60,50 @@ def weighted_exit_loss(stack: torch.Tensor, y: torch.Tensor, weights: Sequence[f
     return (per_exit * torch.as_tensor(weights, dtype=per_exit.dtype, device=per_exit.device)).sum()
 
 
+def distillation_loss(stack: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Self-distillation term: Σ_{i<E-1} T² · KL(softmax(z_E / T) ‖ softmax(z_i / T)), batch mean.
+
+    Each auxiliary exit matches the final exit's softened prediction (FastBERT; Zhang et al., "Be your own
+    teacher"); the teacher is detached, so this term trains the auxiliary exits only. ``stack`` is ``[E, B, C]``.
+    """
+    aux, teacher = stack[:-1], stack[-1].detach()  # [E-1, B, C], [B, C]
+    log_q = F.log_softmax(aux / temperature, dim=-1)  # students
+    log_p = F.log_softmax(teacher / temperature, dim=-1).expand_as(log_q)  # [B, C] -> [E-1, B, C]
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # [E-1, B]
+    return temperature**2 * kl.mean(dim=1).sum()
+
+
 class Joint(Strategy):
     """Train every stage and head together on the weighted sum of the exits' losses, eq. (6).
 
+    With ``distill > 0`` each auxiliary exit also matches the final exit's softened prediction (self-distillation,
+    FastBERT / "Be your own teacher"): ``loss = eq. (6) + distill · T² Σ_i KL(softmax(z_final/T) ‖ softmax(z_i/T))``.
+
     Args:
         weights: ``"uniform"``, ``"inception"``, ``"sdn"`` or one weight per exit (see :func:`exit_weights`).
+        distill: weight of the self-distillation term (0: none).
+        temperature: softening temperature T of the distillation term.
+
+    Example:
+        >>> strategy = Joint(weights="uniform", distill=0.5, temperature=3.0)
+        >>> strategy.describe()["distill"]
+        {'weight': 0.5, 'temperature': 3.0}
     """
 
     name = "joint"
 
-    def __init__(self, weights: str | Sequence[float] = "sdn") -> None:
+    def __init__(
+        self, weights: str | Sequence[float] = "sdn", *, distill: float = 0.0, temperature: float = 1.0
+    ) -> None:
         if isinstance(weights, str) and weights not in _SCHEMES:
             raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(_SCHEMES)}, or a list")
+        if not distill >= 0:
+            raise ValueError(f"distill must be a non-negative weight, got {distill}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         self.weights = weights
+        self.distill = float(distill)
+        self.temperature = float(temperature)
         self._current: list[float] | None = None
 
     def on_epoch_start(self, net: MultiExitNetwork, epoch: int, epochs: int) -> None:
@@ -81,10 +113,17 @@ class Joint(Strategy):
         self, net: MultiExitNetwork, outputs: ExitOutputs, y: torch.Tensor, *, epoch: int, epochs: int
     ) -> torch.Tensor:
         weights = self._current or exit_weights(self.weights, len(outputs), epoch=epoch, epochs=epochs)
-        return weighted_exit_loss(outputs.stack(), y, weights)
+        stack = outputs.stack()
+        loss = weighted_exit_loss(stack, y, weights)
+        if self.distill > 0 and len(outputs) > 1:
+            loss = loss + self.distill * distillation_loss(stack, self.temperature)
+        return loss
 
     def describe(self) -> dict:
-        return {
+        out: dict = {
             "name": self.name,
             "weights": self.weights if isinstance(self.weights, str) else list(self.weights),
         }
+        if self.distill > 0:
+            out["distill"] = {"weight": self.distill, "temperature": self.temperature}
+        return out

@@ -1,0 +1,1 @@
+"""Commands of the ``exitnet`` CLI, one module each with ``register(app: typer.Typer) -> None``."""
