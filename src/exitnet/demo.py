@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from exitnet import data as datasets
 from exitnet._batches import collect_outputs
+from exitnet._utils import atomic_directory
 from exitnet.analysis import report
 from exitnet.backbones import resnet
-from exitnet.calibrate import calibrate
+from exitnet.calibrate import calibrate, pareto_front
 from exitnet.checkpoint import save
 from exitnet.model import MultiExitNetwork
 from exitnet.plots import accuracy_vs_cost
@@ -52,15 +50,16 @@ class DemoConfig:
     progress: bool = True
 
 
-def _load(cfg: DemoConfig) -> datasets.Dataset:
+def _data_recipe(cfg: DemoConfig) -> dict[str, Any]:
+    """How the demo splits its data: stored in the checkpoint so that `exitnet evaluate` uses the same split."""
     if cfg.dataset == "digits":
-        return datasets.digits(seed=cfg.seed, val_fraction=0.25, test_fraction=0.2)
+        return {"name": "digits", "kwargs": {"seed": cfg.seed, "val_fraction": 0.25, "test_fraction": 0.2}}
     if cfg.dataset == "fashion-mnist":
-        return datasets.fashion_mnist(seed=cfg.seed, limit=cfg.limit)
+        return {"name": "fashion-mnist", "kwargs": {"seed": cfg.seed, "limit": cfg.limit}}
     raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of: digits, fashion-mnist")
 
 
-def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo") -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike = "runs/demo") -> dict[str, Any]:
     """Run the demo; write ``report.json``, ``accuracy_vs_cost.png`` and ``model.safetensors`` to ``out_dir``.
 
     The folder is written whole or not at all: everything goes to a temporary folder beside it, which then
@@ -75,7 +74,8 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo") -> dict[str, An
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    ds = _load(cfg)
+    recipe = _data_recipe(cfg)
+    ds = datasets.load_dataset(recipe["name"], **recipe["kwargs"])
     backbone = resnet(depth=cfg.depth, in_chans=ds.input_shape[0], num_classes=ds.num_classes, width=cfg.width)
     net = MultiExitNetwork.from_module(
         backbone, cfg.points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.input_shape)
@@ -111,24 +111,13 @@ def run_demo(cfg: DemoConfig, out_dir: str | Path = "runs/demo") -> dict[str, An
         config=asdict(cfg),
         threads=torch.get_num_threads(),
     )
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    val_outputs, val_y = collect_outputs(fast, ds.val)
+    rep["pareto_front"] = [  # the policy's trade-off curve on the validation split, for the figure
+        {"flops": p.flops, "accuracy": p.accuracy}
+        for p in pareto_front(Entropy(), val_outputs, val_y, cost=net.cost_profile().exit_flops)
+    ]
+    with atomic_directory(out_dir) as tmp:  # the folder appears whole or not at all
         (tmp / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
         accuracy_vs_cost(rep, tmp / "accuracy_vs_cost.png", title=f"exitnet demo on {ds.name}")
-        save(net, tmp / "model.safetensors", policy=policy, extra={"report": "report.json"})
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        save(net, tmp / "model.safetensors", policy=policy, extra={"report": "report.json", "data": recipe})
     return rep

@@ -36,7 +36,7 @@ from exitnet._version import __version__
 from exitnet.bench import zoo
 from exitnet.bench.report import figure_speedups, headline, pct
 
-__all__ = ["MODULES", "SUITES", "run_suite", "machine_kind", "default_out_dir", "load_modules"]
+__all__ = ["MODULES", "SUITES", "run_suite", "render", "machine_kind", "default_out_dir", "load_modules"]
 
 #: Benchmark modules in the order they run. ``policies`` (issue 4) and ``training`` (issue 5) are skipped with
 #: a note until they exist.
@@ -203,13 +203,33 @@ def run_suite(
                 results["runtime"]["figure"] = figure_speedups(results["runtime"], tmp / "speedups.png").name
             full = {"meta": meta, **results}
             (tmp / "results.json").write_text(json.dumps(full, indent=1, default=_json_default) + "\n")
-            text = summary_markdown(full, found)
-            (tmp / "summary.md").write_text(text)
-            (tmp / "README.md").write_text(text)
+            _write_summary(tmp, full, found)
         say(f"[{meta['total_seconds']:6.0f}s] wrote {out}/results.json, summary.md and figures")
         return full
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _write_summary(folder: Path, full: dict[str, Any], modules: dict[str, ModuleType]) -> None:
+    text = summary_markdown(full, modules)
+    (folder / "summary.md").write_text(text)
+    (folder / "README.md").write_text(text)
+
+
+def render(out_dir: str | os.PathLike) -> str:
+    """Write ``summary.md`` / ``README.md`` again from an output folder's ``results.json`` (no benchmark runs).
+
+    Returns:
+        The Markdown written.
+    """
+    folder = Path(out_dir)
+    path = folder / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results.json in {folder}; run `exitnet bench` first")
+    full = json.loads(path.read_text())
+    found, _ = load_modules([k for k in full if k != "meta"])
+    _write_summary(folder, full, found)
+    return summary_markdown(full, found)
 
 
 def _json_default(obj: Any) -> Any:
