@@ -7,7 +7,6 @@ import torch
 
 import exitnet as ee
 
-
 # One thread: the tests' tensors are tiny, and a second thread only adds contention (on a busy 2-core machine,
 # tiny ops ran ~1000x slower with two threads). Benchmarks set their own thread count.
 torch.set_num_threads(1)

@@ -111,10 +111,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike = "runs/demo") -> dict[
         config=asdict(cfg),
         threads=torch.get_num_threads(),
     )
-    val_outputs, val_y = collect_outputs(fast, ds.val)
-    rep["pareto_front"] = [  # the policy's trade-off curve on the validation split, for the figure
+    rep["pareto_front"] = [  # every threshold setting's (cost, accuracy) on the same test split, for the figure
         {"flops": p.flops, "accuracy": p.accuracy}
-        for p in pareto_front(Entropy(), val_outputs, val_y, cost=net.cost_profile().exit_flops)
+        for p in pareto_front(Entropy(), outputs, y, cost=net.cost_profile().exit_flops)
     ]
     with atomic_directory(out_dir) as tmp:  # the folder appears whole or not at all
         (tmp / "report.json").write_text(json.dumps(rep, indent=2) + "\n")

@@ -32,7 +32,9 @@ def efficiency_gain(gamma_i: float, gamma_next: float, reach_i: float, reach_nex
         8.0
     """
     if not (0.0 <= reach_next <= reach_i <= 1.0):
-        raise ValueError(f"reach fractions must satisfy 0 <= I_(i+1) <= I_i <= 1, got I_i={reach_i}, I_(i+1)={reach_next}")
+        raise ValueError(
+            f"reach fractions must satisfy 0 <= I_(i+1) <= I_i <= 1, got I_i={reach_i}, I_(i+1)={reach_next}"
+        )
     return (gamma_next - gamma_i) * (reach_i - reach_next) - gamma_i * reach_next
 
 

@@ -17,7 +17,11 @@ FAST = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--backbon
 
 @pytest.mark.parametrize(
     "strategy, extra",
-    [("joint", ["--weights", "uniform", "--distill", "0.5"]), ("cost", ["--lam", "0.3"]), ("layerwise", ["--epochs", "3"])],
+    [
+        ("joint", ["--weights", "uniform", "--distill", "0.5"]),
+        ("cost", ["--lam", "0.3"]),
+        ("layerwise", ["--epochs", "3"]),
+    ],
 )
 def test_train_writes_a_checkpoint_evaluate_reads(tmp_path, capsys, strategy, extra) -> None:
     out = tmp_path / "run"
@@ -37,8 +41,8 @@ def test_config_file_and_flags(tmp_path) -> None:
     cfg_path = tmp_path / "train.json"
     cfg_path.write_text(json.dumps({"strategy": "combined", "strategy_options": {"mode": "mean"}, "epochs": 2}))
     settings = load_config(cfg_path)
-    cfg = TrainConfig(**{**settings, "dataset": "digits", "backbone": "mlp", "head": "linear", "out": str(tmp_path / "o"),
-                         "backbone_options": {"hidden": [16, 16, 16]}, "progress": False})  # fmt: skip
+    overrides = {"dataset": "digits", "backbone": "mlp", "head": "linear", "out": str(tmp_path / "o")}
+    cfg = TrainConfig(**{**settings, **overrides, "backbone_options": {"hidden": [16, 16, 16]}, "progress": False})
     summary = train_from_config(cfg)
     assert len(summary["history"]) == 2 and summary["strategy"] == {"name": "combined", "mode": "mean"}
     yaml = pytest.importorskip("yaml")

@@ -22,7 +22,9 @@ def test_eq8_by_hand() -> None:
     # convex with equal scores: the mean, [4/3, 1/3]
     assert torch.allclose(out.combined("convex", [0.0, 0.0, 0.0]), torch.tensor([[4 / 3, 1 / 3]]))
     # convex with scores [0, 0, ln 2]: weights 1/4, 1/4, 1/2 -> [0.25 + 1.5, 0.5 - 0.5] = [1.75, 0]
-    assert torch.allclose(out.combined("convex", [0.0, 0.0, float(torch.log(torch.tensor(2.0)))]), torch.tensor([[1.75, 0.0]]))
+    assert torch.allclose(
+        out.combined("convex", [0.0, 0.0, float(torch.log(torch.tensor(2.0)))]), torch.tensor([[1.75, 0.0]])
+    )
     assert torch.allclose(out.combined("mean"), torch.tensor([[4 / 3, 1 / 3]]))
     assert torch.allclose(out.combined("max"), torch.tensor([[3.0, 2.0]]))
 
@@ -43,8 +45,12 @@ def test_combined_equals_plain_loop() -> None:
 
 @pytest.mark.parametrize(
     "mode, weights, match",
-    [("sum", None, "unknown combined mode"), ("mean", [1, 1, 1], "takes no weights"), ("weighted", None, "needs one"),
-     ("convex", [1.0, 2.0], "needs 3 weights")],
+    [
+        ("sum", None, "unknown combined mode"),
+        ("mean", [1, 1, 1], "takes no weights"),
+        ("weighted", None, "needs one"),
+        ("convex", [1.0, 2.0], "needs 3 weights"),
+    ],
 )
 def test_combined_bad_arguments(mode, weights, match) -> None:
     with pytest.raises(ValueError, match=match):

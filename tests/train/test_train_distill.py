@@ -28,8 +28,15 @@ def test_distillation_equals_plain_loop() -> None:
     t = 3.0
     loop = 0.0
     for i in range(3):
-        loop += t * t * F.kl_div(
-            F.log_softmax(stack[i] / t, -1), F.log_softmax(stack[-1] / t, -1), log_target=True, reduction="batchmean"
+        loop += (
+            t
+            * t
+            * F.kl_div(
+                F.log_softmax(stack[i] / t, -1),
+                F.log_softmax(stack[-1] / t, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
         )
     assert torch.allclose(distillation_loss(stack, t), torch.as_tensor(loop), atol=1e-5)
 

@@ -47,7 +47,9 @@ COMMON = textwrap.dedent(
     def make_net():
         torch.manual_seed(0)  # no BatchNorm: per-rank batch statistics would differ from the global batch's
         seq = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-        return ee.MultiExitNetwork.from_sequential(seq, [1], num_classes=3, sample_input=torch.zeros(1, 8), head="linear")
+        return ee.MultiExitNetwork.from_sequential(
+            seq, [1], num_classes=3, sample_input=torch.zeros(1, 8), head="linear"
+        )
 
     def make_data():
         g = torch.Generator().manual_seed(0)

@@ -37,7 +37,10 @@ def test_freezing_points_linear_and_cubic() -> None:
 def _net() -> ee.MultiExitNetwork:
     torch.manual_seed(0)
     return ee.MultiExitNetwork.from_module(
-        ee.backbones.mlp(8, [16, 16, 16], 3), ["blocks.0", "blocks.1"], num_classes=3, sample_input=torch.zeros(1, 8),
+        ee.backbones.mlp(8, [16, 16, 16], 3),
+        ["blocks.0", "blocks.1"],
+        num_classes=3,
+        sample_input=torch.zeros(1, 8),
         head="linear",
     )
 
@@ -84,4 +87,6 @@ def test_freezeout_needs_its_own_param_groups() -> None:
     net = _net()
     ds = ee.data.synthetic(32, num_classes=3, input_shape=(8,))
     with pytest.raises(ValueError, match="optimizer=None or a factory"):
-        ee.fit(net, Freezeout(), ds.train, epochs=1, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), progress=False)
+        ee.fit(
+            net, Freezeout(), ds.train, epochs=1, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), progress=False
+        )

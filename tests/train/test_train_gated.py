@@ -80,7 +80,7 @@ def test_gates_read_exit_logits_and_train(tiny_resnet) -> None:
 def test_detached_gates_leave_the_network_alone(tiny_mlp) -> None:
     strategy = Gated(detach=True)
     strategy.setup(tiny_mlp)
-    x, y = torch.randn(6, 16), torch.randint(0, 4, (6,))
+    x = torch.randn(6, 16)
     out = tiny_mlp(x)
     g = gate_scores(strategy.gates_, out, detach=True)
     g.sum().backward()

@@ -13,7 +13,9 @@ from exitnet.train.layerwise import split_epochs
 def _net() -> ee.MultiExitNetwork:
     torch.manual_seed(0)
     backbone = ee.backbones.resnet(depth=8, in_chans=1, num_classes=3, width=4)
-    return ee.MultiExitNetwork.from_module(backbone, ["layer1", "layer2.0"], num_classes=3, sample_input=torch.zeros(1, 1, 8, 8))
+    return ee.MultiExitNetwork.from_module(
+        backbone, ["layer1", "layer2.0"], num_classes=3, sample_input=torch.zeros(1, 1, 8, 8)
+    )
 
 
 def _data() -> ee.data.Dataset:
@@ -59,7 +61,14 @@ def test_frozen_stages_are_never_run_again_with_a_cache(cache, tmp_path) -> None
     net, ds = _net(), _data()
     n = len(ds.train)
     seen = [_count_samples(stage) for stage in net.stages]
-    ee.fit(net, Layerwise(epochs_per_stage=2, cache=cache, cache_dir=tmp_path), ds.train, epochs=6, progress=False, batch_size=16)
+    ee.fit(
+        net,
+        Layerwise(epochs_per_stage=2, cache=cache, cache_dir=tmp_path),
+        ds.train,
+        epochs=6,
+        progress=False,
+        batch_size=16,
+    )
     if cache == "none":
         assert [s[0] for s in seen] == [6 * n, 4 * n, 2 * n]  # the frozen prefix runs on every batch
     else:

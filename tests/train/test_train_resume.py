@@ -26,7 +26,9 @@ def _interrupting(strategy_cls, at_epoch: int, **kwargs):  # type: ignore[no-unt
 def _net() -> ee.MultiExitNetwork:
     torch.manual_seed(0)
     backbone = ee.backbones.resnet(depth=8, in_chans=1, num_classes=3, width=4)
-    return ee.MultiExitNetwork.from_module(backbone, ["layer1", "layer2.0"], num_classes=3, sample_input=torch.zeros(1, 1, 8, 8))
+    return ee.MultiExitNetwork.from_module(
+        backbone, ["layer1", "layer2.0"], num_classes=3, sample_input=torch.zeros(1, 1, 8, 8)
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,9 @@ from exitnet.train import Backbone, Separate, fit_sklearn_heads
 def _net() -> ee.MultiExitNetwork:
     torch.manual_seed(0)
     backbone = ee.backbones.resnet(depth=8, in_chans=1, num_classes=3, width=4)
-    return ee.MultiExitNetwork.from_module(backbone, ["layer1", "layer2.0"], num_classes=3, sample_input=torch.zeros(1, 1, 8, 8))
+    return ee.MultiExitNetwork.from_module(
+        backbone, ["layer1", "layer2.0"], num_classes=3, sample_input=torch.zeros(1, 1, 8, 8)
+    )
 
 
 def _data() -> ee.data.Dataset:
