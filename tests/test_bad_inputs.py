@@ -354,7 +354,6 @@ CASES = [
             ValueError,
             r"4 classes|labels",
         ),
-        marks=pytest.mark.xfail(reason="train/loop.py does not check labels against num_classes yet (IndexError)"),
         id="fit-labels-beyond-classes",
     ),
     Case(

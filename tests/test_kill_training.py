@@ -176,7 +176,6 @@ def test_cli_train_can_resume() -> None:
     assert "--resume" in out.getvalue()
 
 
-@pytest.mark.xfail(reason="train/loop.py appends to a stale metrics.csv when it starts afresh", strict=False)
 def test_killed_before_the_first_state_starts_clean(tmp_path: Path) -> None:
     """A run killed after writing its first metrics row but before its first training state: the next run starts
     afresh, and metrics.csv must not keep the dead run's row."""

@@ -120,3 +120,23 @@ def test_unfitted_sklearn_head() -> None:
         SklearnHead(object())
     with pytest.raises(ValueError, match="needs estimator"):
         create_head("sklearn", (4,), 3)
+
+
+def test_a_network_with_a_scikit_learn_head_is_not_saved_silently(tmp_path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    import exitnet as ee
+    from exitnet.checkpoint import CheckpointError
+    from exitnet.heads import SklearnHead
+
+    backbone = ee.backbones.mlp(8, [16], 3)
+    net = ee.MultiExitNetwork.from_module(
+        backbone,
+        ["blocks.0"],
+        num_classes=3,
+        sample_input=torch.zeros(1, 8),
+        head=lambda shape, n: SklearnHead(LogisticRegression(), n),
+    )
+    with pytest.raises(CheckpointError, match="scikit-learn heads"):
+        ee.save(net, tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()

@@ -258,6 +258,8 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     out += results.get("runtime", {}).get("goals", [])
+    for module in ("policies", "training"):  # goals the other benchmark modules measure themselves
+        out += results.get(module, {}).get("goals", [])
     return out
 
 

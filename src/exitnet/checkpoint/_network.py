@@ -58,6 +58,15 @@ def save(
     """
     if not isinstance(net, MultiExitNetwork):
         raise TypeError(f"save needs a MultiExitNetwork, got {type(net).__name__}")
+    from exitnet.heads import SklearnHead
+
+    sklearn_heads = [i for i, h in enumerate(net.heads) if isinstance(h, SklearnHead)]
+    if sklearn_heads:
+        raise CheckpointError(
+            f"exit(s) {sklearn_heads} have scikit-learn heads, whose fitted estimators are not tensors: a safetensors "
+            "checkpoint cannot hold them (and exitnet never pickles); save the other weights by replacing those heads, "
+            "or refit the heads after loading"
+        )
     if policy is not None:
         if not isinstance(policy, ExitPolicy):
             raise TypeError(f"policy must be an exitnet ExitPolicy or None, got {type(policy).__name__}")

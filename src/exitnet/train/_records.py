@@ -69,6 +69,11 @@ class Records:
         if out is not None and info.is_main:
             out.mkdir(parents=True, exist_ok=True)
 
+    def start_afresh(self) -> None:
+        """Remove the metrics of an earlier run in the same folder (this run is not resuming it)."""
+        if self.out is not None and self.info.is_main:
+            (self.out / "metrics.csv").unlink(missing_ok=True)
+
     def validate(self, row: dict[str, Any], val: Any, select: str, track: bool, batch_size: int) -> None:
         """Add every exit's validation accuracy to ``row``; keep the weights if ``track`` and it is the best."""
         if val is None:

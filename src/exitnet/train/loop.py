@@ -234,7 +234,11 @@ class _Run:
         }
         records = Records(net, strategy, extras, info, self.out)
         state = load_training_state(kw["state_path"]) if kw["state_path"] is not None else None
-        start = records.resume(state, fit_config) if state is not None else 0
+        if state is not None:
+            start = records.resume(state, fit_config)
+        else:
+            start = 0
+            records.start_afresh()  # a new run into an old out_dir must not append to its metrics.csv
         step_module = _Step(net, extras, strategy)
         self.bar = bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -322,6 +326,7 @@ class _Run:
         loss_sum, count_sum = 0.0, 0.0
         for x, y in loader:
             x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+            _check_labels(y, self.net.num_classes)
             strategy.on_step(opt, step, total)
             with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=kw["bf16"]):
                 loss = model(x, y, epoch, self.epochs)
@@ -348,3 +353,14 @@ class _Run:
 
         ids = [self.dev.index] if self.dev.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
+
+
+def _check_labels(y: torch.Tensor, num_classes: int | None) -> None:
+    """Labels must be class indices the exits can predict (else torch fails deep inside cross-entropy)."""
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
+    if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}] for a network with {num_classes} classes, "
+            f"got labels from {int(y.min())} to {int(y.max())}"
+        )
