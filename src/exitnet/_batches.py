@@ -16,7 +16,8 @@ from exitnet._utils import eval_mode
 from exitnet.outputs import ExitOutputs
 
 
-def _as_xy(data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+def as_xy(data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(x, y)`` when ``data`` is a tuple of two tensors or has ``.x``/``.y`` tensors (a ``Split``), else ``None``."""
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return data[0], data[1]
     x, y = getattr(data, "x", None), getattr(data, "y", None)
@@ -27,7 +28,7 @@ def _as_xy(data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 def iter_batches(data: Any, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches from any accepted data form (tensors are sliced, not copied)."""
-    xy = _as_xy(data)
+    xy = as_xy(data)
     if xy is not None:
         x, y = xy
         if x.shape[0] != y.shape[0]:
@@ -46,7 +47,7 @@ def iter_batches(data: Any, batch_size: int = 256) -> Iterator[tuple[torch.Tenso
 
 
 def num_samples(data: Any) -> int | None:
-    xy = _as_xy(data)
+    xy = as_xy(data)
     if xy is not None:
         return int(xy[0].shape[0])
     dataset = getattr(data, "dataset", None)

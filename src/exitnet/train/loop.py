@@ -22,7 +22,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from exitnet._batches import num_samples
+from exitnet._batches import as_xy, num_samples
 from exitnet.checkpoint import load_training_state, restore_rng_state
 from exitnet.model import MultiExitNetwork
 from exitnet.train._records import STATE_FILE, History, Records, state_path
@@ -49,17 +49,8 @@ class _Step(nn.Module):
         return self.strategy.loss(self.net, outputs, y, epoch=epoch, epochs=epochs)
 
 
-def _xy(data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return data[0], data[1]
-    x, y = getattr(data, "x", None), getattr(data, "y", None)
-    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-        return x, y
-    return None
-
-
 def _loader(data: Any, batch_size: int, seed: int, info: DistInfo) -> Iterable:
-    xy = _xy(data)
+    xy = as_xy(data)
     if xy is not None:
         return ShardedBatches(xy[0], xy[1], batch_size, seed=seed, rank=info.rank, world=info.world)
     if isinstance(data, Iterable):
