@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import exitnet as ee
+from _problems import exit_logits as _problem
+from exitnet.bench.policies import known_rates
 from exitnet.calibrate import _search as S
 from exitnet.calibrate import (
     binomial_pvalue,
@@ -33,15 +35,6 @@ from exitnet.policies import (
     Patience,
     TemperatureScaled,
 )
-
-
-def _problem(seed: int = 0, exits: int = 4, n: int = 300, classes: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    logits = torch.randn(exits, n, classes, generator=g)
-    for i in range(exits):
-        logits[i, torch.arange(n), y] += (1.0 + i) * torch.rand(n, generator=g) * 2
-    return logits, y
 
 
 def _measure(policy: ExitPolicy, logits: torch.Tensor, y: torch.Tensor, cost: list[float]) -> tuple[float, float]:
@@ -256,22 +249,8 @@ def test_pvalues_by_hand() -> None:
 P_FINAL = 0.95
 
 
-def _known_rates(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three exits, two classes. Exits 0 and 1 are calibrated: right with probability equal to their max
-    probability u ~ U(0.5, 1), independently; the final exit is right with probability 0.95."""
-    y = torch.randint(0, 2, (n,), generator=g)
-    logits = torch.empty(3, n, 2)
-    for i in range(3):
-        u = 0.5 + 0.5 * torch.rand(n, generator=g)
-        right = torch.rand(n, generator=g) < (u if i < 2 else torch.full((n,), P_FINAL))
-        pred = torch.where(right, y, 1 - y)
-        lp = torch.stack([torch.log(u), torch.log1p(-u)], 1)  # [n, 2], the predicted class first
-        logits[i] = torch.where((pred == 0).unsqueeze(1), lp, lp.flip(1))
-    return logits, y
-
-
 def _true_harm_and_drop(b0: float, b1: float) -> tuple[float, float]:
-    """Exact population harm and accuracy drop of MaxProb thresholds (b0, b1) on :func:`_known_rates`."""
+    """Exact population harm and accuracy drop of MaxProb thresholds (b0, b1) on :func:`known_rates`."""
     b0, b1 = min(1.0, max(0.5, b0)), min(1.0, max(0.5, b1))
     reach1 = 2 * b0 - 1  # P(u0 <= b0)
     harm = P_FINAL * ((1 - b0) ** 2 + reach1 * (1 - b1) ** 2)  # ∫_b^1 2(1 - u) du = (1 - b)²
@@ -285,7 +264,7 @@ def _violations(splits: int, epsilon: float, delta: float, loss: str) -> tuple[i
     harm_violations = drop_violations = 0
     saved = []
     for s in range(splits):
-        logits, y = _known_rates(1000, g)
+        logits, y = known_rates(1000, g, P_FINAL)
         fitted = calibrate(
             MaxProb(), logits, y, guarantee=(epsilon, delta), cost=[1.0, 2.0, 3.0], seed=s, risk_loss=loss
         )

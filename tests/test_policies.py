@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 import exitnet as ee
+from _problems import exit_logits as _problem
 from exitnet.policies import (
     Budgeted,
     Entropy,
@@ -32,17 +33,6 @@ from exitnet.policies import (
     policy_to_config,
 )
 from exitnet.runtime import predict
-
-
-def _problem(seed: int = 0, exits: int = 4, n: int = 300, classes: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [E, N, C] whose exits get better with depth, and labels."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    logits = torch.randn(exits, n, classes, generator=g)
-    for i in range(exits):
-        boost = (1.0 + i) * torch.rand(n, generator=g) * 2
-        logits[i, torch.arange(n), y] += boost
-    return logits, y
 
 
 def _fitted_policies(logits: torch.Tensor, y: torch.Tensor) -> dict[str, ExitPolicy]:

@@ -35,7 +35,7 @@ from exitnet.policies import (
     TemperatureScaled,
 )
 
-__all__ = ["NAME", "run", "to_markdown", "DROPS", "DELTA", "risk_validity"]
+__all__ = ["NAME", "run", "to_markdown", "DROPS", "DELTA", "risk_validity", "known_rates"]
 
 NAME = "policies"
 DROPS = (0.005, 0.01)
@@ -77,7 +77,7 @@ def _measure(policy: ExitPolicy, stack: torch.Tensor, y: torch.Tensor, cost: lis
     }
 
 
-def _known_rates(n: int, g: torch.Generator, p_final: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def known_rates(n: int, g: torch.Generator, p_final: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Three exits, two classes: exits 0 and 1 right with probability equal to their max probability
     u ~ U(0.5, 1), independently; the final exit right with probability ``p_final``."""
     y = torch.randint(0, 2, (n,), generator=g)
@@ -94,7 +94,7 @@ def _known_rates(n: int, g: torch.Generator, p_final: float = 0.95) -> tuple[tor
 def risk_validity(
     splits: int, epsilon: float = 0.05, delta: float = DELTA, n: int = 1000, seed: int = 2024, loss: str = "drop"
 ) -> dict:
-    """How often risk-controlled MaxProb thresholds violate ε on :func:`_known_rates`, where the population
+    """How often risk-controlled MaxProb thresholds violate ε on :func:`known_rates`, where the population
     harm and accuracy drop of any thresholds are known in closed form."""
     p_final = 0.95
     g = torch.Generator().manual_seed(seed)
@@ -102,7 +102,7 @@ def risk_validity(
     saved, drops = [], []
     t0 = time.perf_counter()
     for s in range(splits):
-        logits, y = _known_rates(n, g, p_final)
+        logits, y = known_rates(n, g, p_final)
         fitted = calibrate(
             MaxProb(), logits, y, guarantee=(epsilon, delta), cost=[1.0, 2.0, 3.0], seed=s, risk_loss=loss
         )
