@@ -77,3 +77,45 @@ def test_markdown_shows_the_numbers_a_person_needs() -> None:
     assert "accuracy 75.00%" in md and "25.00% of the samples are wrong at the final exit" in md
     assert "| 4.75 | 75.00% |" in md and "![Accuracy vs. FLOPs](accuracy_vs_flops.png)" in md
     assert "> **Warning**: a warning" in md
+
+
+# ------------------------------------------------------------------------------ token-level and regression
+def test_token_level_report_by_hand() -> None:
+    # 2 exits, 2 samples, 3 positions; sample 1 has 2 valid positions. Labels all class 0.
+    classes = torch.tensor([[[0, 1, 0], [0, 0, 1]], [[0, 0, 1], [1, 1, 1]]])  # [E, B, T] arg-max classes
+    logits = 3.0 * torch.nn.functional.one_hot(classes, 2).float()
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    out = ExitOutputs(tuple(logits), mask=mask)
+    y = torch.zeros(2, 3, dtype=torch.long)
+    rep = report(out, y, exit_index=torch.tensor([0, 1]), cost=[1.0, 2.0])
+    # exit 0: sample 0 has 2 of 3 right, sample 1 2 of 2 (position 2 is padding) -> (2/3 + 1) / 2
+    # exit 1: sample 0 2 of 3, sample 1 0 of 2 -> (2/3 + 0) / 2
+    assert [e["accuracy"] for e in rep["per_exit"]] == pytest.approx([5 / 6, 1 / 3])
+    assert rep["early_exit_accuracy"] == pytest.approx((2 / 3 + 0) / 2) and rep["task"] == "classification"
+    # oracle: sample 0 ties (2/3 at both) -> exit 0; sample 1 best at exit 0 -> exit 0
+    assert rep["oracle"]["exit_fractions"] == [1.0, 0.0] and rep["oracle"]["accuracy"] == pytest.approx(5 / 6)
+    assert rep["overthinking_rate"] == 0.5  # sample 1: exit 0 scores better than the final exit
+
+
+def test_regression_report_by_hand() -> None:
+    y = torch.tensor([1.0, 0.0])
+    out = ExitOutputs((torch.tensor([1.5, 0.0]), torch.tensor([1.0, 1.0])), task="regression")  # [E=2] x [B=2]
+    rep = report(out, y, exit_index=torch.tensor([0, 1]), cost=[1.0, 2.0])
+    # minus the squared error: exit 0 -> (-0.25 + 0) / 2; exit 1 -> (0 - 1) / 2
+    assert [e["accuracy"] for e in rep["per_exit"]] == [-0.125, -0.5]
+    assert rep["early_exit_accuracy"] == (-0.25 - 1.0) / 2 and rep["mean_flops"] == 1.5
+    # oracle: sample 0 best at exit 1 (error 0), sample 1 best at exit 0
+    assert oracle_exit(out, y).tolist() == [1, 0] and rep["oracle"]["accuracy"] == 0.0
+    assert rep["overthinking_rate"] == 0.5 and [e["overthinking"] for e in rep["per_exit"]] == [0.5, 0.0]
+    with pytest.raises(ValueError, match=r"regression targets must have the outputs' shape \(2,\)"):
+        report(out, torch.zeros(2, 3))
+
+
+def test_report_answers_with_the_policy_s_fallback() -> None:
+    policy = MaxProb(0.99, fallback="most_confident")  # nobody early; the most confident exit answers
+    stack = STACK.clone()
+    stack[0, 3] = 5.0 * torch.nn.functional.one_hot(torch.tensor(0), 3)  # sample 3: exit 0 very sure and right
+    rep = report(stack, Y, policy=policy, cost=COST)
+    assert rep["mean_flops"] == 10.0  # everybody is charged the whole network
+    assert rep["early_exit_accuracy"] == float((policy.predict(stack) == Y).double().mean()) == 0.75
+    assert rep["final_accuracy"] == 0.5

@@ -24,7 +24,7 @@ import torch
 
 import exitnet as ee
 from exitnet import cli
-from exitnet.calibrate import calibrate
+from exitnet.calibration import calibrate
 from exitnet.checkpoint import CheckpointError, save_training_state
 from exitnet.cost import expected_cost
 from exitnet.data import load_dataset, synthetic
@@ -206,7 +206,7 @@ CASES = [
         "predict-policy-for-other-depth",
         lambda e: predict(e.net, e.x, Entropy([0.5] * 4).fit(torch.zeros(5, 1, 4))),
         ValueError,
-        r"4 thresholds but the network has 3 exits \(needs 2",
+        r"this Entropy was fitted for 5 exits; the network has 3: fit or calibrate it on this network",
     ),
     Case(
         "predict-policy-is-a-string",

@@ -11,11 +11,11 @@ import torch
 
 import exitnet as ee
 from exitnet.bench import baselines, run_suite
-from exitnet.bench._timing import interleaved, paired_ratio, summarize
 from exitnet.bench.memory import peak_bytes
 from exitnet.bench.runtime import _batch_level_flops
 from exitnet.policies import Entropy, ExitPolicy, MaxProb, Patience
 from exitnet.runtime import optimize_for_inference
+from exitnet.timing import interleaved, paired_ratio, summarize
 from exitnet.train import Joint
 
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import exitnet as ee
 from _problems import exit_logits as _problem
 from exitnet.bench.policies import known_rates
-from exitnet.calibrate import _search as S
-from exitnet.calibrate import (
+from exitnet.calibration import _search as S
+from exitnet.calibration import (
     binomial_pvalue,
     calibrate,
     calibrate_iterative,

@@ -214,7 +214,10 @@ def test_manifest_edited_without_its_checksum(saved: Path) -> None:
         (lambda m: m.update(num_classes=5), "cannot be rebuilt|does not fit|shape"),
         (lambda m: m.update(policy={"name": "nope", "params": {}, "state": None}), "unknown policy"),
         (lambda m: m.update(policy={"name": "entropy", "params": {}, "state": {"thresholds_": [2.0, 0.1]}}), "[0, 1]"),
-        (lambda m: m.update(policy={"name": "entropy", "params": {}, "state": {"thresholds_": [0.1]}}), "1 thresholds"),
+        (
+            lambda m: m.update(policy={"name": "entropy", "params": {}, "state": {"thresholds_": [0.1]}}),
+            "fitted for 2 exits; the network has 3",
+        ),
     ],
 )
 def test_invalid_manifest_fields(saved: Path, edit, message: str) -> None:
@@ -234,7 +237,7 @@ def test_mismatched_network(tmp_path: Path) -> None:
         ee.load(path, backbone=ee.backbones.resnet(depth=8, in_chans=1, num_classes=4))
     with pytest.raises(TypeError, match="MultiExitNetwork"):
         ee.save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="3 thresholds"):
+    with pytest.raises(ValueError, match="fitted for 4 exits; the network has 3"):
         ee.save(_mlp(), tmp_path / "x.safetensors", policy=MaxProb(thresholds=[0.5] * 3).fit(torch.zeros(4, 1, 4)))
 
 

@@ -69,3 +69,40 @@ def test_expected_cost_bad_input(idx, match) -> None:
 def test_profile_validates_lengths() -> None:
     with pytest.raises(ValueError, match="stage_flops has 1 entries for 2 exits"):
         CostProfile(("a", "b"), (1,), (1, 2), (1, 2), (1, 2))
+
+
+def test_measured_time_per_stage_head_and_decision(tiny_mlp) -> None:
+    from exitnet.policies import Entropy
+
+    x = torch.randn(32, 16)
+    profile = tiny_mlp.measure_time(x, policy=Entropy(thresholds=0.5), repeats=3)
+    t = profile.timing(batch_size=32)
+    assert (t.batch_size, t.device, t.threads) == (32, "cpu", torch.get_num_threads())
+    assert t.clock == ("thread_time" if torch.get_num_threads() == 1 else "perf_counter")
+    assert len(t.stage_seconds) == len(t.head_seconds) == 3 and len(t.policy_seconds) == 2
+    assert all(s > 0 for s in t.stage_seconds) and all(s > 0 for s in t.policy_seconds)
+    # exit_seconds is cumulative: stages, heads and decisions up to the exit (no decision at the last)
+    manual = [sum(t.stage_seconds[: i + 1]) + sum(t.head_seconds[: i + 1]) + sum(t.policy_seconds[: i + 1])
+              for i in range(3)]  # fmt: skip
+    assert list(t.exit_seconds) == pytest.approx(manual)
+    assert profile.exit_seconds == t.exit_seconds
+    assert tiny_mlp.cost_profile(x).timings == profile.timings  # cached with the profile of this shape
+    assert profile.exit_flops == tiny_mlp.cost_profile().exit_flops
+
+
+def test_time_budget_calibration_uses_measured_seconds(tiny_mlp) -> None:
+    from exitnet.policies import Entropy
+
+    x, y = torch.randn(64, 16), torch.randint(0, 4, (64,))
+    seconds = tiny_mlp.measure_time(x[:32], repeats=3).exit_seconds
+    budget = (seconds[0] + seconds[-1]) / 2
+    policy = ee.calibrate(Entropy(), tiny_mlp, (x, y), time_budget=budget, batch_size=32)
+    assert policy.calibration_["mean_cost"] <= budget * (1 + 1e-9)
+    assert policy.calibration_["full_cost"] == pytest.approx(seconds[-1])
+    with pytest.raises(ValueError, match="not both"):
+        ee.calibrate(Entropy(), tiny_mlp, (x, y), time_budget=budget, flops_budget=1.0)
+
+
+def test_a_profile_without_time_says_how_to_measure(tiny_mlp) -> None:
+    with pytest.raises(ValueError, match="measure_time"):
+        _ = tiny_mlp.cost_profile(torch.zeros(3, 16)).exit_seconds

@@ -11,6 +11,9 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "exitnet"
 LAYERS: dict[str, int] = {
     "_version": 0,
     "_utils": 0,
+    "rows": 0,
+    "scores": 0,
+    "timing": 0,
     "outputs": 0,
     "heads": 0,
     "data": 0,
@@ -22,7 +25,7 @@ LAYERS: dict[str, int] = {
     "policies": 3,
     "checkpoint": 4,
     "train": 5,
-    "calibrate": 6,
+    "calibration": 6,
     "runtime": 6,
     "analysis": 6,
     "placement": 6,

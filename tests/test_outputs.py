@@ -27,7 +27,7 @@ def test_default_names_and_cat() -> None:
     [
         ((), (), "at least one exit"),
         ((torch.zeros(2, 3), torch.zeros(3, 3)), (), "one shape"),
-        ((torch.zeros(2, 3),), ("a", "b"), "1 logits but 2 names"),
+        ((torch.zeros(2, 3),), ("a", "b"), "1 outputs but 2 names"),
     ],
 )
 def test_bad_outputs(logits, names, match) -> None:
@@ -36,5 +36,5 @@ def test_bad_outputs(logits, names, match) -> None:
 
 
 def test_as_stack_rejects_wrong_rank() -> None:
-    with pytest.raises(ValueError, match=r"\[E, B, C\]"):
-        as_stack(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"\[E, B, \.\.\.\]"):
+        as_stack(torch.zeros(3))

@@ -75,7 +75,7 @@ def test_from_module_on_torchvision_style_resnet_equals_backbone() -> None:
 
 def test_stages_share_parameters_with_the_backbone() -> None:
     model = TinyTorchvisionResNet()
-    stages = split_module(model, ["layer1"], X)
+    stages = split_module(model, ["layer1"], X).stages
     own = {id(p) for p in model.parameters()}
     assert {id(p) for s in stages for p in s.parameters()} == own
 
@@ -115,4 +115,4 @@ def test_untraceable_module_says_what_to_do() -> None:
             return self.a(x) if x.sum() > 0 else x  # data-dependent control flow
 
     with pytest.raises(TypeError, match="torch.fx.*from_sequential"):
-        split_module(Dynamic(), ["a"])
+        split_module(Dynamic(), ["a"], torch.zeros(1, 4))

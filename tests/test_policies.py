@@ -42,9 +42,9 @@ def _fitted_policies(logits: torch.Tensor, y: torch.Tensor) -> dict[str, ExitPol
         "maxprob": MaxProb(0.6).fit(logits),
         "margin": Margin(0.3).fit(logits),
         "gate": Gate(0.6, epochs=30).fit(logits, y),
-        "patience": Patience(2).fit(),
-        "patience-1": Patience(1).fit(),
-        "patience-regression": Patience(2, tau=1.5).fit(),
+        "patience": Patience(2).fit(logits),
+        "patience-1": Patience(1),  # fits itself at first use
+        "patience-regression": Patience(2, tau=1.5).fit(logits),
         "budgeted": Budgeted([0.3, 0.2, 0.2][: e - 1]).fit(logits),
         "budgeted-geometric": Budgeted(ratio=0.6, statistic="entropy").fit(logits),
         "temperature-maxprob": TemperatureScaled(MaxProb(0.6)).fit(logits, y),
@@ -55,9 +55,10 @@ def _fitted_policies(logits: torch.Tensor, y: torch.Tensor) -> dict[str, ExitPol
 
 def _loop_decide(policy: ExitPolicy, stack: torch.Tensor) -> torch.Tensor:
     """A plain per-sample loop over ``step`` (batch of one), the reference for ``decide``."""
+    policy.check_exits(stack.shape[0])  # what the runtime does once per run
     out = []
     for b in range(stack.shape[1]):
-        state = policy.init_state(1)
+        state = policy.init_state(1, "cpu", stack.shape[2:])
         chosen = stack.shape[0] - 1
         for i in range(stack.shape[0] - 1):
             leaves, state = policy.step(i, stack[i, b : b + 1], state)
@@ -90,12 +91,13 @@ def test_margin_and_maxprob_statistics_by_hand() -> None:
 def test_threshold_policy_follows_scikit_learn(cls: type[ThresholdPolicy]) -> None:
     logits, _ = _problem(exits=3)
     policy = cls(thresholds=[0.2, 0.4])
-    assert not hasattr(policy, "thresholds_") and policy.get_params() == {"thresholds": [0.2, 0.4]}
+    assert not hasattr(policy, "thresholds_")
+    assert policy.get_params() == {"thresholds": [0.2, 0.4], "fallback": "final"}
     with pytest.raises(NotFittedError, match=r"fit.*calibrate"):
-        policy.decide(logits)
+        cls().decide(logits)  # no thresholds: nothing to decide with
     with pytest.raises(NotFittedError, match="not fitted"):
-        policy.step(0, logits[0], {})
-    assert policy.fit(logits) is policy and policy.thresholds_ == [0.2, 0.4]
+        policy.step(0, logits[0], {})  # step knows no exit count: check_exits (or fit) comes first
+    assert policy.fit(logits) is policy and policy.thresholds_ == [0.2, 0.4] and policy.num_exits_ == 3
     assert not hasattr(policy.clone(), "thresholds_")
     assert cls(thresholds=0.3).fit(logits).thresholds_ == [0.3, 0.3]
     for bad in ([0.2, 1.5], [-0.1, 0.5], [math.nan, 0.5]):
@@ -327,6 +329,7 @@ def test_runtime_gives_the_decisions_of_decide_for_every_policy(tiny_mlp) -> Non
         assert isinstance(p, ThresholdPolicy)
         stat = p.statistics(stack[:-1]).sort(dim=1).values  # [E-1, N]
         p.thresholds_ = [float(s[99] + s[100]) / 2 for s in stat]  # between two samples: robust to rounding
+    del policies["patience-regression"]  # a regression rule: refused on a classifier's logits
     for name, policy in policies.items():
         result = predict(tiny_mlp, x, policy, batch_size=80)
         expected = policy.decide(cached)

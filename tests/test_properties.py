@@ -4,7 +4,9 @@
    gives the same exit, prediction and FLOPs per sample as the policy's ``decide`` on the cached outputs of all
    exits (contract 3). The network is built so that its exits output *exactly* the logits drawn: the input row
    holds every exit's logits side by side, the stages pass it on, and head i reads its slice.
-2. Calibration never returns a setting that misses its own target on the calibration data: the accuracy the
+2. On token-level outputs with a random mask of valid positions, ``decide`` and ``predict`` on the cached outputs
+   equal a plain loop that asks the policy one sample at a time, exit by exit (``step``, ``final_prediction``).
+3. Calibration never returns a setting that misses its own target on the calibration data: the accuracy the
    fitted policy reaches there is at least the final exit's minus ``max_accuracy_drop``, and the mean cost
    stays within ``flops_budget``; what it reports in ``calibration_`` is what the policy does.
 """
@@ -20,7 +22,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import exitnet as ee
-from exitnet.calibrate import calibrate
+from _problems import step_by_step
+from exitnet.calibration import calibrate
+from exitnet.outputs import ExitOutputs
 from exitnet.policies import Entropy, Margin, MaxProb, NeverExit, Patience
 from exitnet.runtime import predict
 
@@ -127,6 +131,26 @@ def test_runtime_equals_policy_on_cached_outputs(data: st.DataObject) -> None:
     # stage i ran on exactly the samples that had not left before it
     for i, stage in enumerate(net.stages):
         assert stage.seen == int((expected_exit >= i).sum())
+
+
+@SETTINGS
+@given(data=st.data())
+def test_token_level_decisions_equal_a_step_by_step_loop(data: st.DataObject) -> None:
+    logits, _ = data.draw(logits_and_labels(max_samples=12))  # [E, N, C]
+    num_exits, n, num_classes = logits.shape
+    positions = data.draw(st.integers(1, 3))
+    tokens = logits.unsqueeze(2).repeat(1, 1, positions, 1)  # [E, N, T, C]
+    tokens = tokens + torch.arange(positions).view(1, 1, -1, 1) * torch.arange(num_classes) * 0.5  # differ per position
+    flat = data.draw(st.lists(st.booleans(), min_size=n * positions, max_size=n * positions))
+    mask = torch.tensor(flat).reshape(n, positions)
+    out = ExitOutputs(tuple(tokens), mask=mask)
+    policy = _policy(data.draw, num_exits)
+    if data.draw(st.booleans()) and hasattr(policy, "fallback") and not isinstance(policy, NeverExit):
+        policy.set_params(fallback="most_confident")
+    exits, answers = step_by_step(policy, out)
+    assert torch.equal(policy.decide(out), exits)
+    assert torch.equal(policy.predict(out), answers)
+    assert (exits[~mask.any(dim=1)] == num_exits - 1).all()  # no valid position: never early
 
 
 def _accuracy_and_cost(policy, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

@@ -9,9 +9,9 @@ Example:
     torch.Size([3, 2, 10])
 """
 
-from exitnet import analysis, backbones, data, policies, train
+from exitnet import analysis, backbones, calibration, data, policies, train
 from exitnet._version import __version__
-from exitnet.calibrate import calibrate, calibrate_iterative, pareto_front
+from exitnet.calibration import calibrate, calibrate_iterative, pareto_front
 from exitnet.checkpoint import load, load_policy, save
 from exitnet.cost import CostProfile, expected_cost, profile
 from exitnet.heads import create_head, list_heads
@@ -31,6 +31,7 @@ __all__ = [
     "backbones",
     "calibrate",
     "calibrate_iterative",
+    "calibration",
     "create_head",
     "data",
     "expected_cost",

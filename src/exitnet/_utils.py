@@ -28,9 +28,26 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def shape_str(shape: Sequence[int]) -> str:
-    """``(16, 8, 8)`` -> ``"(B, 16, 8, 8)"``: a per-sample shape as error messages print it."""
-    return "(" + ", ".join(["B", *(str(int(s)) for s in shape)]) + ")"
+def shape_str(shape: Sequence[int | None]) -> str:
+    """``(16, 8, 8)`` -> ``"(B, 16, 8, 8)"``: a per-sample shape as error messages print it (``None``: any size)."""
+    return "(" + ", ".join(["B", *("*" if s is None else str(int(s)) for s in shape)]) + ")"
+
+
+def module_device(module: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """The device of a module's first parameter (or buffer), ``default`` when it has none: the one device lookup."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device(default)
+
+
+def module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter, ``None`` when it has none."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return None
 
 
 def check_finite(x: torch.Tensor, what: str) -> None:

@@ -19,7 +19,7 @@ from exitnet._batches import collect_outputs
 from exitnet._utils import atomic_directory
 from exitnet.analysis import report
 from exitnet.backbones import resnet
-from exitnet.calibrate import calibrate, pareto_front
+from exitnet.calibration import calibrate, pareto_front
 from exitnet.checkpoint import save
 from exitnet.model import MultiExitNetwork
 from exitnet.plots import accuracy_vs_cost
@@ -106,7 +106,7 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike = "runs/demo") -> dict[
         runtime_matches_policy=runtime_matches,
         runtime_accuracy=result.accuracy(ds.test.y),
         thresholds=policy.thresholds_,
-        calibration=policy.calibration_,  # type: ignore[attr-defined]
+        calibration=policy.calibration_,
         training=history.rows,
         config=asdict(cfg),
         threads=torch.get_num_threads(),

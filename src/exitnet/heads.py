@@ -24,7 +24,9 @@ __all__ = [
     "PoolHead",
     "SDNHead",
     "TokenHead",
+    "TokenwiseHead",
     "SklearnHead",
+    "pool_tokens",
 ]
 
 
@@ -109,23 +111,64 @@ class SDNHead(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """Token pooling for transformer features ``[B, T, D]``: the CLS token (index 0) or the mean token,
-    then LayerNorm and a linear layer."""
+    """Token pooling for sequence features ``[B, T, D]``: the CLS token (index 0), the last token, or the mean
+    token, then LayerNorm and a linear layer: ``[B, T, D] -> [B, num_classes]``.
 
-    def __init__(self, feature_shape: Sequence[int], num_classes: int, *, pooling: str = "cls") -> None:
+    With ``mask_key`` (a side input of the network, e.g. ``"attention_mask"``), the mean runs over the valid tokens
+    only and ``"last"`` takes each sequence's last valid token, so padding changes nothing.
+
+    Example:
+        >>> head = TokenHead((5, 8), 3, pooling="mean", mask_key="mask")
+        >>> h, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+        >>> torch.allclose(head(h, mask)[0], head(h[:1, :3], mask[:1, :3])[0])
+        True
+    """
+
+    def __init__(
+        self, feature_shape: Sequence[int], num_classes: int, *, pooling: str = "cls", mask_key: str | None = None
+    ) -> None:
         super().__init__()
         if len(feature_shape) != 2:
             raise ValueError(f"token head needs token features (T, D), got shape {tuple(feature_shape)}")
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"token head pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in ("cls", "mean", "last"):
+            raise ValueError(f"token head pooling must be 'cls', 'mean' or 'last', got {pooling!r}")
         self.pooling = pooling
+        self.ctx_keys: tuple[str, ...] = (mask_key,) if mask_key is not None else ()
         dim = int(feature_shape[1])
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, num_classes)
 
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.norm(pool_tokens(h, self.pooling, mask)))
+
+
+def pool_tokens(h: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, T, D] -> [B, D]``: the first token, the last (valid) token or the mean of the (valid) tokens."""
+    if pooling == "cls":
+        return h[:, 0]
+    if mask is None:
+        return h[:, -1] if pooling == "last" else h.mean(dim=1)
+    m = mask.to(h.dtype).unsqueeze(-1)  # [B, T] -> [B, T, 1]
+    if pooling == "last":
+        last = (mask.to(torch.long).sum(dim=1) - 1).clamp_min(0)  # [B]: index of the last valid token
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+class TokenwiseHead(nn.Module):
+    """A prediction per position: LayerNorm and a linear layer on the last dim, ``[B, *, D] -> [B, *, C]`` (token
+    tagging, per-node classification)."""
+
+    def __init__(self, feature_shape: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        if len(feature_shape) < 1:
+            raise ValueError("tokenwise head needs features with a last (feature) dimension")
+        dim = int(feature_shape[-1])
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        pooled = h[:, 0] if self.pooling == "cls" else h.mean(dim=1)  # [B, T, D] -> [B, D]
-        return self.fc(self.norm(pooled))
+        return self.fc(self.norm(h))
 
 
 class SklearnHead(nn.Module):
@@ -226,6 +269,7 @@ _HEADS: dict[str, Callable[..., nn.Module]] = {
     "pool": PoolHead,
     "sdn": SDNHead,
     "token": TokenHead,
+    "tokenwise": TokenwiseHead,
     "sklearn": _sklearn_head,
 }
 
@@ -249,7 +293,7 @@ def create_head(kind: str, feature_shape: Sequence[int], num_classes: int, **kwa
         kind: one of :func:`list_heads`.
         feature_shape: the stage output's shape without the batch dimension, e.g. ``(16, 8, 8)``.
         num_classes: number of output logits.
-        **kwargs: options of that head (``hidden`` for mlp, ``size`` for sdn, ``pooling`` for token,
+        **kwargs: options of that head (``hidden`` for mlp, ``size`` for sdn, ``pooling`` and ``mask_key`` for token,
             ``estimator`` and ``pool`` for sklearn).
 
     Returns:

@@ -18,7 +18,7 @@ import torch
 from exitnet.analysis import report
 from exitnet.bench import zoo
 from exitnet.bench.report import figure_accuracy_vs_flops, md_table, pct
-from exitnet.calibrate import calibrate, pareto_front
+from exitnet.calibration import calibrate, pareto_front
 from exitnet.cost import CostProfile
 from exitnet.outputs import ExitOutputs
 from exitnet.policies import Entropy
@@ -68,7 +68,7 @@ def evaluate_network(name: str, suite: str, device: str) -> dict[str, Any]:
             {
                 "max_accuracy_drop": drop,
                 "thresholds": getattr(policy, "thresholds_", None),
-                "val_accuracy": policy.calibration_["accuracy"],  # type: ignore[attr-defined]
+                "val_accuracy": policy.calibration_["accuracy"],
                 "val_final_accuracy": final_val,
                 "test_accuracy": r["early_exit_accuracy"],
                 "test_drop_points": 100 * (r["final_accuracy"] - r["early_exit_accuracy"]),

@@ -19,11 +19,14 @@ decisions are exactly the policy's), and returns a :class:`BaselineResult`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from exitnet.model import MultiExitNetwork
 from exitnet.policies import ExitPolicy
+from exitnet.rows import num_rows, slice_rows
+from exitnet.scores import prediction
 
 __all__ = [
     "BaselineResult",
@@ -43,9 +46,13 @@ class BaselineResult:
     exit_index: torch.Tensor
 
 
-def input_layout(net: MultiExitNetwork, x: torch.Tensor) -> torch.Tensor:
+def input_layout(net: MultiExitNetwork, x: Any) -> Any:
     """The input layout the network was optimised for (channels-last after ``optimize_for_inference``)."""
-    if getattr(net, "input_memory_format", None) is torch.channels_last and x.dim() == 4:
+    if (
+        getattr(net, "input_memory_format", None) is torch.channels_last
+        and isinstance(x, torch.Tensor)
+        and x.dim() == 4
+    ):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -64,23 +71,29 @@ def per_sample_early_exit(net: MultiExitNetwork, x: torch.Tensor, policy: ExitPo
         [0, 0, 0, 0, 0]
     """
     net.eval()
+    policy.check_exits(net.num_exits, task=net.task)
     x = input_layout(net, x)
     last = net.num_exits - 1
     preds, exits = [], []
-    for n in range(x.shape[0]):
-        h = x[n : n + 1]  # [1, *input_shape]
-        state = policy.init_state(1, x.device)
+    for n in range(num_rows(x)):
+        h, ctx = net.begin(slice_rows(x, n, n + 1))  # one sample
+        state: dict[str, torch.Tensor] = {}
         for i in range(net.num_exits):
-            h = net.stages[i](h)
-            logits = net.heads[i](h)  # [1, C]
+            h = net.forward_stage(i, h, ctx)
+            logits = net.run_head(i, h, ctx)  # [1, C]
+            mask = net.outputs_mask(ctx)
+            if i == 0:
+                state = policy.init_state(1, logits.device, output_shape=tuple(logits.shape[1:]))
             if i == last:
+                pred = policy.final_prediction(logits, state, mask, task=net.task)
                 break
-            leaves, state = policy.step(i, logits, state)
+            leaves, state = policy.step(i, logits, state, mask)
             if bool(leaves[0]):  # one host sync per exit, as in the peers' code
+                pred = prediction(logits, net.task)
                 break
-        preds.append(int(logits.argmax(dim=-1)[0]))
+        preds.append(pred[0])
         exits.append(i)
-    return BaselineResult(torch.tensor(preds, dtype=torch.long), torch.tensor(exits, dtype=torch.long))
+    return BaselineResult(torch.stack(preds).cpu(), torch.tensor(exits, dtype=torch.long))
 
 
 @torch.inference_mode()
@@ -88,12 +101,10 @@ def run_all_then_mask(net: MultiExitNetwork, x: torch.Tensor, policy: ExitPolicy
     """MSDNet / Zero Time Waste evaluation: every exit on every sample, then the policy picks from cached logits."""
     net.eval()
     preds, exits = [], []
-    for start in range(0, x.shape[0], batch_size):
-        stack = net(input_layout(net, x[start : start + batch_size])).stack()  # [E, b, C]
-        exit_index = policy.decide(stack)  # [b]
-        logits = stack[exit_index, torch.arange(stack.shape[1], device=stack.device)]  # [b, C]
-        preds.append(logits.argmax(dim=-1))
-        exits.append(exit_index)
+    for start in range(0, num_rows(x), batch_size):
+        outputs = net(input_layout(net, slice_rows(x, start, start + batch_size)))  # every exit
+        preds.append(policy.predict(outputs))
+        exits.append(policy.decide(outputs))
     return BaselineResult(torch.cat(preds).cpu(), torch.cat(exits).cpu())
 
 
@@ -101,31 +112,45 @@ def run_all_then_mask(net: MultiExitNetwork, x: torch.Tensor, policy: ExitPolicy
 def batch_level_exit(net: MultiExitNetwork, x: torch.Tensor, policy: ExitPolicy, batch_size: int) -> BaselineResult:
     """The batch runs exit after exit and stops only once every one of its samples has been confident."""
     net.eval()
+    policy.check_exits(net.num_exits, task=net.task)
     last = net.num_exits - 1
     preds, exits = [], []
-    for start in range(0, x.shape[0], batch_size):
-        h = input_layout(net, x[start : start + batch_size])
-        b = h.shape[0]
-        pred = torch.empty(b, dtype=torch.long, device=h.device)
-        exit_index = torch.full((b,), last, dtype=torch.long, device=h.device)
-        decided = torch.zeros(b, dtype=torch.bool, device=h.device)
-        state = policy.init_state(b, h.device)
+    for start in range(0, num_rows(x), batch_size):
+        h, ctx = net.begin(input_layout(net, slice_rows(x, start, start + batch_size)))
+        b = num_rows(h)
+        pred: torch.Tensor | None = None
+        exit_index = torch.full((b,), last, dtype=torch.long)
+        decided = torch.zeros(b, dtype=torch.bool)
+        state: dict[str, torch.Tensor] = {}
         for i in range(net.num_exits):
-            h = net.stages[i](h)
-            logits = net.heads[i](h)  # [b, C]
+            h = net.forward_stage(i, h, ctx)
+            logits = net.run_head(i, h, ctx)  # [b, C]
+            mask = net.outputs_mask(ctx)
+            if i == 0:
+                state = policy.init_state(b, logits.device, output_shape=tuple(logits.shape[1:]))
+                decided = decided.to(logits.device)
+                exit_index = exit_index.to(logits.device)
             if i == last:
-                pred[~decided] = logits.argmax(dim=-1)[~decided]
+                final = policy.final_prediction(logits, state, mask, task=net.task)
+                pred = final if pred is None else torch.where(_rows(decided, final), pred, final)
                 break
-            leaves, state = policy.step(i, logits, state)
+            leaves, state = policy.step(i, logits, state, mask)
+            here = prediction(logits, net.task)
             new = leaves & ~decided
-            pred[new] = logits.argmax(dim=-1)[new]
+            pred = here if pred is None else torch.where(_rows(new, here), here, pred)
             exit_index[new] = i
             decided |= leaves
             if bool(decided.all()):  # the whole batch is done: stop
                 break
+        assert pred is not None
         preds.append(pred)
         exits.append(exit_index)
     return BaselineResult(torch.cat(preds).cpu(), torch.cat(exits).cpu())
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample mask ``[b]`` broadcast to ``like`` ``[b, *]``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
 @torch.inference_mode()
@@ -133,8 +158,8 @@ def backbone_alone(net: MultiExitNetwork, x: torch.Tensor, batch_size: int) -> B
     """The original network: every stage, no auxiliary head, no exit decision."""
     net.eval()
     preds = [
-        net.forward_backbone(input_layout(net, x[start : start + batch_size])).argmax(dim=-1)
-        for start in range(0, x.shape[0], batch_size)
+        prediction(net.forward_backbone(input_layout(net, slice_rows(x, start, start + batch_size))), net.task)
+        for start in range(0, num_rows(x), batch_size)
     ]
     pred = torch.cat(preds).cpu()
     return BaselineResult(pred, torch.full_like(pred, net.num_exits - 1))

@@ -30,11 +30,11 @@ import torch
 from exitnet._batches import collect_outputs
 from exitnet.analysis import overthinking_rate
 from exitnet.bench import baselines, zoo
-from exitnet.bench._timing import interleaved, paired_ratio
 from exitnet.bench.report import figure_convergence, md_table, pct
-from exitnet.calibrate import calibrate
+from exitnet.calibration import calibrate
 from exitnet.policies import Entropy
 from exitnet.runtime import optimize_for_inference, predict
+from exitnet.timing import interleaved, paired_ratio
 
 __all__ = ["NAME", "run", "to_markdown", "register_claim", "list_claims", "SEEDS"]
 

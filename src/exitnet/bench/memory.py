@@ -23,7 +23,7 @@ import torch
 
 from exitnet.bench import baselines, zoo
 from exitnet.bench.report import md_table
-from exitnet.calibrate import calibrate
+from exitnet.calibration import calibrate
 from exitnet.policies import Entropy, NeverExit
 from exitnet.runtime import optimize_for_inference, predict
 

@@ -23,7 +23,7 @@ import torch
 
 from exitnet.analysis import report
 from exitnet.bench.report import md_table, pct
-from exitnet.calibrate import calibrate, calibrate_iterative, pareto_front
+from exitnet.calibration import calibrate, calibrate_iterative, pareto_front
 from exitnet.policies import (
     Budgeted,
     Entropy,

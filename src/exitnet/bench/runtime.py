@@ -1,7 +1,7 @@
 """Runtime benchmark: real early-exit speed-ups against the FLOPs-predicted ones, and against peers' ways.
 
 For each benchmark network (entropy thresholds calibrated on the validation split for at most a 0.5-point
-accuracy drop) and each batch size, in one run and interleaved (see :mod:`exitnet.bench._timing`):
+accuracy drop) and each batch size, in one run and interleaved (see :mod:`exitnet.timing`):
 
 - ``backbone``: the network without auxiliary heads (the baseline of every speed-up);
 - ``exitnet``: :func:`exitnet.runtime.predict` (stages run only on the samples still alive);
@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from exitnet.bench import baselines, zoo
-from exitnet.bench._timing import interleaved, paired_ratio, summarize
-from exitnet.calibrate import calibrate
+from exitnet.calibration import calibrate
 from exitnet.cost import profile
 from exitnet.model import MultiExitNetwork
 from exitnet.policies import Entropy, ExitPolicy, NeverExit
 from exitnet.runtime import optimize_for_inference, predict
+from exitnet.timing import interleaved, paired_ratio, summarize
 
 __all__ = ["NAME", "run", "to_markdown", "SETTINGS"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,19 @@ from exitnet.checkpoint._files import (
     read_tensors,
     write,
 )
-from exitnet.model import MultiExitNetwork
-from exitnet.policies import ExitPolicy, ThresholdPolicy, policy_from_config, policy_to_config
+from exitnet.model import InputSpec, MultiExitNetwork
+from exitnet.policies import ExitPolicy, NotFittedError, policy_from_config, policy_to_config
 
 
 def _check_policy(policy: ExitPolicy, num_exits: int) -> None:
-    if isinstance(policy, ThresholdPolicy) and policy.is_fitted() and len(policy.thresholds_) != num_exits - 1:
-        raise ValueError(
-            f"the policy has {len(policy.thresholds_)} thresholds for a network of {num_exits} exits "
-            f"(needs {num_exits - 1})"
-        )
+    """Refuse a policy that cannot run on a network of ``num_exits`` exits, through the policy's own
+    ``check_exits`` (on a copy: saving or loading never changes the policy). An unfitted policy that needs data
+    passes: it is stored as it is, to be fitted or calibrated later."""
+    probe = copy.deepcopy(policy)
+    try:
+        probe.check_exits(num_exits)
+    except NotFittedError:
+        return
 
 
 def save(
@@ -155,18 +159,40 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def _sample(spec: dict[str, Any], manifest: dict[str, Any], path: Path) -> Any:
+    """A neutral input of the network's input spec, to rebuild it with."""
+    inputs = spec.get("inputs")
+    if inputs is not None:
+        try:
+            return InputSpec.from_dict(inputs).zeros(1)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: invalid input spec in the manifest: {err}") from err
+    if manifest["input_shape"] is None:
+        raise CheckpointError(f"{path}: the manifest has no input_shape to rebuild the network")
+    return torch.zeros(1, *manifest["input_shape"])
+
+
 def _build(spec: dict[str, Any], backbone: nn.Module, manifest: dict[str, Any], path: Path) -> MultiExitNetwork:
     heads = spec.get("heads") or []
     if any(h is None for h in heads):
         raise CheckpointError(f"{path}: a head was built by a custom factory; rebuild the network and use load_into")
-    if manifest["input_shape"] is None or manifest["num_classes"] is None:
-        raise CheckpointError(f"{path}: the manifest has no input_shape or num_classes to rebuild the network")
-    sample = torch.zeros(1, *manifest["input_shape"])
-    num_classes = int(manifest["num_classes"])
+    task = spec.get("task", "classification")
+    if task == "classification" and manifest["num_classes"] is None:
+        raise CheckpointError(f"{path}: the manifest has no num_classes to rebuild the network")
+    sample = _sample(spec, manifest, path)
+    num_classes = int(manifest["num_classes"]) if manifest["num_classes"] is not None else None
     if spec["builder"] == "from_module" and "points" in spec:
+        inputs = spec.get("inputs")
+        axes: dict[str, list[int]] | None = None
+        if inputs is not None:  # the dims the saved network marked dynamic (no new probing)
+            axes = {
+                n: [d for d, s in enumerate(shape) if s is None]
+                for n, shape in zip(inputs["names"], inputs["shapes"], strict=True)
+            }
         return MultiExitNetwork.from_module(
-            backbone, spec["points"], num_classes=num_classes, sample_input=sample, head=heads
-        )
+            backbone, spec["points"], num_classes=num_classes, sample_input=sample, head=heads, task=task,
+            dynamic_axes=axes if axes is not None else "auto", output_mask=spec.get("output_mask"),
+        )  # fmt: skip
     if spec["builder"] == "from_sequential" and "exits" in spec:
         return MultiExitNetwork.from_sequential(
             backbone,  # type: ignore[arg-type]
@@ -174,6 +200,7 @@ def _build(spec: dict[str, Any], backbone: nn.Module, manifest: dict[str, Any], 
             num_classes=num_classes,
             sample_input=sample,
             head=heads,
+            task=task,
         )
     raise CheckpointError(f"{path}: unknown network builder {spec['builder']!r}")
 

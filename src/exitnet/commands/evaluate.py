@@ -63,7 +63,7 @@ def evaluate_checkpoint(
     """Everything ``exitnet evaluate`` computes, as the report dict (nothing written)."""
     from exitnet._batches import collect_outputs
     from exitnet.analysis import report
-    from exitnet.calibrate import calibrate, pareto_front
+    from exitnet.calibration import calibrate, pareto_front
     from exitnet.checkpoint import load, load_policy, read_manifest
     from exitnet.policies import policy_to_config
     from exitnet.runtime import predict

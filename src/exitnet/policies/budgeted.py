@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from exitnet.outputs import ExitOutputs, as_stack
-from exitnet.policies._base import ExitPolicy, State, normalized_entropy, register_policy
+from exitnet.policies._base import ExitPolicy, Outputs, State
+from exitnet.policies._registry import register_policy
+from exitnet.policies._stats import least_confident, normalized_entropy
 
 __all__ = ["Budgeted", "geometric_fractions"]
 
@@ -54,15 +55,19 @@ def _cuts(conf: np.ndarray, fractions: Sequence[float]) -> list[float]:
     return [c if math.isfinite(c) else 1e30 for c in cuts]  # 1e30: JSON-safe 'nobody leaves'
 
 
-def _confidence(kind: str, logits: torch.Tensor) -> torch.Tensor:
-    """Signed confidence (higher = more confident) ``[..., C] -> [...]``."""
+def _confidence(kind: str, logits: torch.Tensor, mask: torch.Tensor | None = None, lead: int = 1) -> torch.Tensor:
+    """Signed confidence (higher = more confident) per sample: ``[*L, B, *, C] -> [*L, B]``, the least confident
+    valid position of token-level outputs."""
     if kind == "entropy":
-        return -normalized_entropy(logits)
-    p = torch.softmax(logits.float(), dim=-1)
-    if kind == "maxprob":
-        return p.amax(dim=-1)
-    top2 = p.topk(2, dim=-1).values  # [..., 2]
-    return top2[..., 0] - top2[..., 1]
+        conf = -normalized_entropy(logits)
+    else:
+        p = torch.softmax(logits.float(), dim=-1)
+        if kind == "maxprob":
+            conf = p.amax(dim=-1)
+        else:
+            top2 = p.topk(2, dim=-1).values  # [..., 2]
+            conf = top2[..., 0] - top2[..., 1]
+    return least_confident(conf, mask, lower_is_confident=False, lead=lead)
 
 
 @register_policy
@@ -85,13 +90,13 @@ class Budgeted(ExitPolicy):
 
     Example:
         >>> logits = torch.randn(3, 8, 4)
-        >>> policy = Budgeted([0.5, 0.25, 0.25]).fit(logits)
+        >>> policy = Budgeted([0.5, 0.25, 0.25]).fit(logits)  # cuts that send 4, 2 and 2 of 8 out
         >>> torch.bincount(policy.decide(logits), minlength=3).tolist()
         [4, 2, 2]
     """
 
     name = "budgeted"
-    _fitted_attrs: ClassVar[tuple[str, ...]] = ("fractions_", "cuts_")
+    _fitted_attrs: ClassVar[tuple[str, ...]] = ("fractions_", "cuts_", "num_exits_")
 
     def __init__(
         self, fractions: Sequence[float] | None = None, *, ratio: float | None = None, statistic: str = "maxprob"
@@ -118,47 +123,53 @@ class Budgeted(ExitPolicy):
             raise ValueError(f"the {num_exits} fractions must sum to 1, got {sum(values)}")
         return values
 
-    def _check_statistic(self) -> None:
+    def _check_params(self) -> None:
         if self.statistic not in _STATISTICS:
             raise ValueError(f"unknown statistic {self.statistic!r}; choose one of: {', '.join(_STATISTICS)}")
 
-    def fit(self, logits: ExitOutputs | torch.Tensor, y: torch.Tensor | None = None) -> Budgeted:
-        """Find the cuts that send the target fractions out at each exit on ``logits`` (labels are not used)."""
-        self._check_statistic()
-        stack = as_stack(logits)
+    def _fit(self, stack: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None, task: str) -> None:
+        """Find the cuts that send the target fractions out at each exit on the outputs (labels are not used)."""
         num_exits, n = stack.shape[0], stack.shape[1]
         if n == 0:
             raise ValueError("Budgeted.fit needs at least one sample")
         fractions = self._target_fractions(num_exits)
-        conf = _confidence(self.statistic, stack[:-1]).cpu().numpy()  # [E-1, N] float32
+        conf = _confidence(self.statistic, stack[:-1], mask, lead=2).cpu().numpy()  # [E-1, N] float32
         self.fractions_ = fractions
         self.cuts_ = _cuts(conf, fractions)
-        self._validate_fitted()
-        return self
 
     def _validate_fitted(self) -> None:
+        super()._validate_fitted()
         if any(not isinstance(c, (int, float)) or math.isnan(c) for c in self.cuts_):
             raise ValueError(f"Budgeted cuts must be numbers, got {self.cuts_}")
+        if len(self.cuts_) != self.num_exits_ - 1 or len(self.fractions_) != self.num_exits_:
+            raise ValueError(
+                f"Budgeted fitted for {self.num_exits_} exits needs {self.num_exits_ - 1} cuts and "
+                f"{self.num_exits_} fractions, got {len(self.cuts_)} and {len(self.fractions_)}"
+            )
 
-    def step(self, i: int, logits: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        self.check_is_fitted()
-        return _confidence(self.statistic, logits) > self.cuts_[i], state
+    def _infer_num_exits(self) -> int:
+        return len(self.cuts_) + 1
 
-    def decide(self, logits: ExitOutputs | torch.Tensor) -> torch.Tensor:
-        stack = as_stack(logits)
-        self.check_is_fitted()
-        if len(self.cuts_) != stack.shape[0] - 1:
-            raise ValueError(f"policy fitted for {len(self.cuts_) + 1} exits, got logits of {stack.shape[0]}")
+    def _repr_fitted(self) -> list[tuple[str, Any]]:
+        return [("fractions_", self.fractions_), ("num_exits_", self.num_exits_)]
+
+    def _step(
+        self, i: int, logits: torch.Tensor, state: State, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        return _confidence(self.statistic, logits, mask) > self.cuts_[i], state
+
+    def _decide(self, stack: torch.Tensor, mask: torch.Tensor | None, task: str) -> torch.Tensor:
         cuts = torch.tensor(self.cuts_, dtype=torch.float32, device=stack.device).unsqueeze(1)  # [E-1, 1]
-        leaves = _confidence(self.statistic, stack[:-1]) > cuts  # [E-1, B]
+        leaves = _confidence(self.statistic, stack[:-1], mask, lead=2) > cuts  # [E-1, B]
         leaves = torch.cat([leaves, torch.ones_like(leaves[:1])], dim=0)
         return leaves.to(torch.uint8).argmax(dim=0)
 
-    def calibration_candidates(self, logits: torch.Tensor, y: torch.Tensor | None = None) -> list[ExitPolicy]:
+    def calibration_candidates(self, outputs: Outputs, y: torch.Tensor | None = None) -> list[ExitPolicy]:
         """Nobody early first, then the geometric law with ``ratio`` from 64 down to 1/64 (more and more early)."""
-        self._check_statistic()
-        num_exits = logits.shape[0]
-        conf = _confidence(self.statistic, as_stack(logits)[:-1]).cpu().numpy()  # computed once for all
+        self._check_params()
+        stack, mask, _, _ = self._unpack(outputs, None)
+        num_exits = stack.shape[0]
+        conf = _confidence(self.statistic, stack[:-1], mask, lead=2).cpu().numpy()  # computed once for all
         out: list[ExitPolicy] = []
         settings: list[tuple[list[float] | None, float | None]] = [([0.0] * (num_exits - 1), None)]
         settings += [(None, float(q)) for q in np.geomspace(64.0, 1 / 64.0, 37)]
@@ -166,11 +177,13 @@ class Budgeted(ExitPolicy):
             policy = Budgeted(fractions, ratio=ratio, statistic=self.statistic)
             policy.fractions_ = policy._target_fractions(num_exits)
             policy.cuts_ = _cuts(conf, policy.fractions_)
+            policy.num_exits_ = num_exits
+            policy._validate_fitted()
             out.append(policy)
         return out
 
     def config_params(self) -> dict[str, Any]:
-        params = self.get_params()
+        params = super().config_params()
         if params["fractions"] is not None:
             params["fractions"] = [float(f) for f in params["fractions"]]
         return params

@@ -1,8 +1,9 @@
 """Learned exit gates g_i (survey §6 and eq. (9); the IDK-cascade idea of the survey's [75]).
 
 A gate maps exit i's logits ``[b, C]`` to the probability ``[b]`` that exit i is right; the policy leaves exit i
-when ``g_i(logits_i) > β_i``. Gates come from the gated training strategy (:meth:`Gate.from_gates`) or are fitted
-post hoc (:meth:`Gate.fit`): one small MLP per auxiliary exit on that exit's softmax, trained with binary
+when ``g_i(logits_i) > β_i`` (for token-level logits ``[b, *, C]`` the gate reads every position and a sample is
+as sure as its least sure valid position). Gates come from the gated training strategy (:meth:`Gate.from_gates`)
+or are fitted post hoc (:meth:`Gate.fit`): one small MLP per auxiliary exit on that exit's softmax, trained with binary
 cross-entropy to predict "the arg-max of this exit is the label". Its input is the exit's softmax sorted in
 decreasing order (so the gate sees the confidence, not the class: max probability, margin and entropy are all
 functions of it).
@@ -17,9 +18,11 @@ import torch
 from torch import nn
 
 from exitnet._utils import eval_mode
-from exitnet.outputs import ExitOutputs, as_stack
-from exitnet.policies._base import register_policy
+from exitnet.policies._base import Outputs
+from exitnet.policies._registry import register_policy
+from exitnet.policies._stats import expand_mask
 from exitnet.policies.threshold import ThresholdPolicy
+from exitnet.scores import as_targets
 
 __all__ = ["Gate", "SortedSoftmax", "gate_to_config", "gate_from_config"]
 
@@ -116,7 +119,7 @@ class Gate(ThresholdPolicy):
     """
 
     name = "gate"
-    _fitted_attrs: ClassVar[tuple[str, ...]] = ("thresholds_", "gates_")
+    _fitted_attrs: ClassVar[tuple[str, ...]] = ("thresholds_", "gates_", "num_exits_")
 
     def __init__(
         self,
@@ -136,6 +139,9 @@ class Gate(ThresholdPolicy):
     def _threshold_spec(self) -> float | Sequence[float] | None:
         return self.threshold
 
+    def _data_free(self) -> bool:
+        return False  # the gates are learned
+
     @classmethod
     def from_gates(cls, gates: Sequence[nn.Module], threshold: float | Sequence[float] = 0.5) -> Gate:
         """A fitted policy from trained gate modules (one per auxiliary exit), each ``[b, C] -> [b]`` in [0, 1].
@@ -150,6 +156,7 @@ class Gate(ThresholdPolicy):
         policy = cls(threshold)
         policy.gates_ = list(gates)
         policy.thresholds_ = policy._num_thresholds(len(gates) + 1)
+        policy.num_exits_ = len(gates) + 1
         policy._validate_fitted()
         return policy
 
@@ -163,42 +170,47 @@ class Gate(ThresholdPolicy):
             nn.Flatten(0),  # [b, 1] -> [b]
         )
 
-    def fit(self, logits: ExitOutputs | torch.Tensor, y: torch.Tensor | None = None) -> Gate:
-        """Fit one gate per auxiliary exit on ``logits`` ``[E, N, C]`` to predict whether that exit is right."""
-        if y is None:
-            raise ValueError("Gate.fit needs the labels y: each gate learns whether its exit predicts y")
-        stack = as_stack(logits).detach().float().cpu()
-        y = y.reshape(-1).cpu()
-        num_exits, n, num_classes = stack.shape
-        if y.shape[0] != n:
-            raise ValueError(f"logits hold {n} samples but there are {y.shape[0]} labels")
+    def _check_params(self) -> None:
         if int(self.hidden) < 1 or int(self.epochs) < 0 or not float(self.lr) > 0:
             raise ValueError(
                 f"Gate needs hidden >= 1, epochs >= 0 and lr > 0, got {self.hidden}, {self.epochs}, {self.lr}"
             )
+
+    def _fit(self, stack: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None, task: str) -> None:
+        """Fit one gate per auxiliary exit on ``stack`` ``[E, N, *, C]`` to predict whether that exit is right
+        (at each valid position of token-level outputs)."""
+        if y is None:
+            raise ValueError("Gate.fit needs the labels y: each gate learns whether its exit predicts y")
+        stack = stack.detach().float().cpu()
+        num_exits, n, num_classes = stack.shape[0], stack.shape[1], stack.shape[-1]
+        if y.shape[0] != n:
+            raise ValueError(f"logits hold {n} samples but there are {y.shape[0]} labels")
+        y = as_targets(y.cpu(), tuple(stack.shape[1:]), "classification", num_classes=num_classes)
         thresholds = self._num_thresholds(num_exits)
-        finite = torch.isfinite(stack).all(dim=-1)  # [E, N]
-        gates = []
+        valid = torch.ones(stack.shape[1:-1], dtype=torch.bool)  # [N, *]
+        if mask is not None:
+            valid = expand_mask(mask.cpu(), (1, *valid.shape), 2)[0]
+        flat = stack.reshape(num_exits, -1, num_classes)  # [E, N*, C]: every position a training example
+        right = (stack.argmax(dim=-1) == y.unsqueeze(0)).reshape(num_exits, -1)  # [E, N*]
+        keep = torch.isfinite(flat).all(dim=-1) & valid.reshape(1, -1)  # [E, N*]
         threads = torch.get_num_threads()
         # Tiny full-batch steps: one thread is fastest (several threads spin on a shared machine).
         torch.set_num_threads(1)
         try:
-            gates = self._train_gates(stack, y, finite)
+            gates = self._train_gates(flat, right, keep)
         finally:
             torch.set_num_threads(threads)
         self.gates_ = gates
         self.thresholds_ = thresholds
-        self._validate_fitted()
-        return self
 
-    def _train_gates(self, stack: torch.Tensor, y: torch.Tensor, finite: torch.Tensor) -> list[nn.Module]:
-        num_exits, _, num_classes = stack.shape
+    def _train_gates(self, flat: torch.Tensor, right: torch.Tensor, keep: torch.Tensor) -> list[nn.Module]:
+        num_exits, _, num_classes = flat.shape
         gates: list[nn.Module] = []
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(int(self.seed))
             for i in range(num_exits - 1):
                 gate = self._make_gate(num_classes)
-                x, target = stack[i][finite[i]], (stack[i].argmax(-1) == y).float()[finite[i]]
+                x, target = flat[i][keep[i]], right[i][keep[i]].float()
                 body = gate[:-2]  # train on the pre-sigmoid score: BCE with logits is stabler
                 opt = torch.optim.Adam(gate.parameters(), lr=float(self.lr))
                 for _ in range(int(self.epochs)):
@@ -209,13 +221,13 @@ class Gate(ThresholdPolicy):
                 gates.append(gate.eval().requires_grad_(False))
         return gates
 
-    def calibration_base(self, logits: torch.Tensor, y: torch.Tensor) -> Gate:
+    def calibration_base(self, outputs: Outputs, y: torch.Tensor) -> Gate:
         """Keep the gates of a fitted policy (from :meth:`from_gates` or :meth:`fit`); fit new ones otherwise."""
         if hasattr(self, "gates_"):
-            base = Gate(self.threshold, hidden=self.hidden, epochs=self.epochs, lr=self.lr, seed=self.seed)
+            base = self.clone()
             base.gates_ = list(self.gates_)
             return base
-        return Gate(self.threshold, hidden=self.hidden, epochs=self.epochs, lr=self.lr, seed=self.seed).fit(logits, y)
+        return self.clone().fit(outputs, y)
 
     def _validate_fitted(self) -> None:
         super()._validate_fitted()
@@ -226,43 +238,42 @@ class Gate(ThresholdPolicy):
     def exit_statistic(self, i: int, logits: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "gates_"):
             self.check_is_fitted()  # raises NotFittedError
-        if i >= len(self.gates_):
+        if not 0 <= i < len(self.gates_):
             raise IndexError(f"Gate has gates for {len(self.gates_)} auxiliary exits, got i={i}")
         gate = self.gates_[i]
         p = next(gate.parameters(), None)
         if p is not None and p.device != logits.device:
             gate.to(logits.device)
+        flat = logits.float().reshape(-1, logits.shape[-1])  # [b*, C]: every position of token-level logits
         with torch.no_grad(), eval_mode(gate):
-            out = gate(logits.float())
+            out = gate(flat)
         if out.dim() == 2 and out.shape[1] == 1:
-            out = out.squeeze(1)  # [b, 1] -> [b]
-        if out.shape != logits.shape[:1]:
+            out = out.squeeze(1)  # [b*, 1] -> [b*]
+        if out.shape != flat.shape[:1]:
             raise ValueError(
-                f"gate {i} must map logits {tuple(logits.shape)} to [{logits.shape[0]}], got {tuple(out.shape)}"
+                f"gate {i} must map logits {tuple(flat.shape)} to [{flat.shape[0]}], got {tuple(out.shape)}"
             )
-        return out
+        return out.reshape(logits.shape[:-1])  # [b, *]
 
     def statistic(self, logits: torch.Tensor) -> torch.Tensor:
         raise TypeError("a Gate's statistic depends on the exit; use exit_statistic(i, logits) or statistics(stack)")
 
-    def statistics(self, stack: torch.Tensor) -> torch.Tensor:
+    def position_statistics(self, stack: torch.Tensor) -> torch.Tensor:
         if stack.shape[0] == 0:
-            return stack.new_zeros(0, stack.shape[1])
-        return torch.stack([self.exit_statistic(i, stack[i]) for i in range(stack.shape[0])])  # [E', B]
+            return stack.new_zeros(stack.shape[:-1])
+        return torch.stack([self.exit_statistic(i, stack[i]) for i in range(stack.shape[0])])  # [E', B, *]
 
     # ---------------------------------------------------------------- storage
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold,
-            "hidden": self.hidden,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "seed": self.seed,
-        }
+    def _repr_fitted(self) -> list[tuple[str, Any]]:
+        return [("thresholds_", self.thresholds_), ("num_exits_", self.num_exits_)]
 
     def fitted_state(self) -> dict[str, Any]:
         self.check_is_fitted()
-        return {"thresholds_": list(self.thresholds_), "gates_": [gate_to_config(g) for g in self.gates_]}
+        return {
+            "thresholds_": list(self.thresholds_),
+            "gates_": [gate_to_config(g) for g in self.gates_],
+            "num_exits_": self.num_exits_,
+        }
 
     def set_fitted_state(self, state: dict[str, Any]) -> Gate:
         for k in ("thresholds_", "gates_"):
@@ -270,5 +281,6 @@ class Gate(ThresholdPolicy):
                 raise ValueError(f"Gate state is missing {k!r}")
         self.thresholds_ = [float(t) for t in state["thresholds_"]]
         self.gates_ = [gate_from_config(c).eval().requires_grad_(False) for c in state["gates_"]]
+        self.num_exits_ = state.get("num_exits_", len(self.gates_) + 1)
         self._validate_fitted()
         return self

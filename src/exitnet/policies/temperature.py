@@ -11,7 +11,10 @@ import numpy as np
 import torch
 
 from exitnet.outputs import ExitOutputs, as_stack
-from exitnet.policies._base import ExitPolicy, State, policy_from_config, policy_to_config, register_policy
+from exitnet.policies._base import ExitPolicy, Outputs, State
+from exitnet.policies._registry import policy_from_config, policy_to_config, register_policy
+from exitnet.policies._stats import expand_mask
+from exitnet.scores import as_targets
 
 __all__ = ["TemperatureScaled", "fit_temperature"]
 
@@ -81,73 +84,115 @@ class TemperatureScaled(ExitPolicy):
     """
 
     name = "temperature"
-    _fitted_attrs: ClassVar[tuple[str, ...]] = ("temperatures_", "policy_")
+    _fitted_attrs: ClassVar[tuple[str, ...]] = ("temperatures_", "policy_", "num_exits_")
 
     def __init__(self, policy: ExitPolicy) -> None:
         self.policy = policy
 
-    def _check_policy(self) -> None:
+    def _check_params(self) -> None:
         if not isinstance(self.policy, ExitPolicy) or isinstance(self.policy, TemperatureScaled):
             raise TypeError(
                 f"TemperatureScaled wraps one ExitPolicy (not another TemperatureScaled), got {self.policy!r}"
             )
 
     # ---------------------------------------------------------------- fitting
-    def fit_temperatures(self, logits: ExitOutputs | torch.Tensor, y: torch.Tensor) -> list[float]:
-        """One temperature per exit, fitted on ``logits`` ``[E, N, C]`` and labels ``y``."""
+    def fit_temperatures(self, logits: Outputs, y: torch.Tensor, mask: torch.Tensor | None = None) -> list[float]:
+        """One temperature per exit, fitted on the logits ``[E, N, *, C]`` of the valid positions and labels ``y``
+        (``[N, *]``)."""
+        if isinstance(logits, ExitOutputs) and mask is None:
+            mask = logits.mask
         stack = as_stack(logits)
-        return [fit_temperature(stack[i], y) for i in range(stack.shape[0])]
+        num_classes = stack.shape[-1]
+        flat = stack.reshape(stack.shape[0], -1, num_classes)  # [E, N*, C]: every position one example
+        if y.shape[0] != stack.shape[1]:
+            raise ValueError(f"logits hold {stack.shape[1]} samples but there are {y.shape[0]} labels")
+        labels = as_targets(y, tuple(stack.shape[1:]), "classification", num_classes=num_classes).reshape(-1)
+        if mask is not None:
+            keep = expand_mask(mask, (1, *stack.shape[1:-1]), 2)[0].reshape(-1).to(flat.device)
+            flat, labels = flat[:, keep], labels[keep.to(labels.device)]
+        return [fit_temperature(flat[i], labels) for i in range(flat.shape[0])]
 
-    def scale(self, logits: ExitOutputs | torch.Tensor, temperatures: Sequence[float] | None = None) -> torch.Tensor:
-        """The scaled logits ``[E, B, C]`` (float32)."""
+    def scale(self, logits: Outputs, temperatures: Sequence[float] | None = None) -> Any:
+        """The scaled logits (float32): ``ExitOutputs`` for ``ExitOutputs`` (mask and task kept), else
+        ``[E, B, ...]``."""
         stack = as_stack(logits).float()
         temps = self.temperatures_ if temperatures is None else list(temperatures)
         if len(temps) != stack.shape[0]:
             raise ValueError(f"{len(temps)} temperatures for logits of {stack.shape[0]} exits")
-        t = torch.tensor(temps, dtype=torch.float32, device=stack.device).view(-1, 1, 1)  # [E, 1, 1]
-        return stack / t
+        t = torch.tensor(temps, dtype=torch.float32, device=stack.device)
+        scaled = stack / t.view(-1, *([1] * (stack.dim() - 1)))  # [E, 1, ...]: one temperature per exit
+        if isinstance(logits, ExitOutputs):
+            return logits.replace(logits=tuple(scaled.unbind(0)))
+        return scaled
 
     def with_inner(self, temperatures: Sequence[float], inner: ExitPolicy) -> TemperatureScaled:
         """A fitted copy with the given temperatures and fitted inner policy."""
         out = TemperatureScaled(copy.deepcopy(self.policy))
         out.temperatures_ = [float(np.float32(t)) for t in temperatures]
         out.policy_ = inner
+        out.num_exits_ = len(out.temperatures_)
+        inner.check_exits(out.num_exits_)
         out._validate_fitted()
         return out
 
-    def fit(self, logits: ExitOutputs | torch.Tensor, y: torch.Tensor | None = None) -> TemperatureScaled:
-        self._check_policy()
+    def _fit(self, stack: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None, task: str) -> None:
         if y is None:
             raise ValueError("TemperatureScaled.fit needs the labels y to fit the temperatures")
-        temps = self.fit_temperatures(logits, y)
+        temps = self.fit_temperatures(stack, y, mask)
         inner = copy.deepcopy(self.policy)
         if not inner.is_fitted():
-            inner.fit(self.scale(logits, temps), y)
+            scaled = self.scale(stack, temps)
+            inner.fit(scaled if mask is None else ExitOutputs(tuple(scaled.unbind(0)), mask=mask), y)
         fitted = self.with_inner(temps, inner)
         self.temperatures_: list[float] = fitted.temperatures_
         self.policy_: ExitPolicy = fitted.policy_
-        return self
 
     def _validate_fitted(self) -> None:
+        super()._validate_fitted()
         for i, t in enumerate(self.temperatures_):
             if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
                 raise ValueError(f"temperature of exit {i} must be a positive number, got {t}")
+        if len(self.temperatures_) != self.num_exits_:
+            raise ValueError(
+                f"TemperatureScaled has {len(self.temperatures_)} temperatures for {self.num_exits_} exits"
+            )
         if not isinstance(self.policy_, ExitPolicy):
             raise ValueError(f"TemperatureScaled needs a fitted inner policy, got {self.policy_!r}")
         self.policy_.check_is_fitted()
 
+    def _infer_num_exits(self) -> int:
+        return len(self.temperatures_)
+
+    def _repr_fitted(self) -> list[tuple[str, Any]]:
+        return [("temperatures_", self.temperatures_), ("policy_", self.policy_)]
+
     # ---------------------------------------------------------------- deciding
-    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
-        self.check_is_fitted()
-        return self.policy_.init_state(batch_size, device)
+    def _inner(self) -> ExitPolicy:
+        return self.policy_ if self.is_fitted() else self.policy
 
-    def step(self, i: int, logits: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        self.check_is_fitted()
-        return self.policy_.step(i, logits.float() / self.temperatures_[i], state)
+    def state_keys(self) -> frozenset[str]:
+        return self._inner().state_keys()
 
-    def decide(self, logits: ExitOutputs | torch.Tensor) -> torch.Tensor:
+    def _init_state(self, batch_size: int, device: torch.device, output_shape: tuple[int, ...]) -> State:
+        return self._inner().init_state(batch_size, device, output_shape)
+
+    def _step(
+        self, i: int, logits: torch.Tensor, state: State, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        return self.policy_.step(i, logits.float() / self.temperatures_[i], state, mask)
+
+    def _final_prediction(
+        self, logits: torch.Tensor, state: State, mask: torch.Tensor | None, task: str
+    ) -> torch.Tensor:
         self.check_is_fitted()
-        return self.policy_.decide(self.scale(logits))
+        return self.policy_.final_prediction(logits.float() / self.temperatures_[-1], state, mask)
+
+    def _decide(self, stack: torch.Tensor, mask: torch.Tensor | None, task: str) -> torch.Tensor:
+        return self.policy_.decide(self.scale(stack), mask)
+
+    def _fallback_prediction(self, stack: torch.Tensor, mask: torch.Tensor | None, task: str) -> torch.Tensor:
+        self.check_is_fitted()
+        return self.policy_.fallback_prediction(self.scale(stack), mask)
 
     # ---------------------------------------------------------------- storage
     def config_params(self) -> dict[str, Any]:
@@ -161,13 +206,18 @@ class TemperatureScaled(ExitPolicy):
 
     def fitted_state(self) -> dict[str, Any]:
         self.check_is_fitted()
-        return {"temperatures_": list(self.temperatures_), "policy_": policy_to_config(self.policy_)}
+        return {
+            "temperatures_": list(self.temperatures_),
+            "policy_": policy_to_config(self.policy_),
+            "num_exits_": self.num_exits_,
+        }
 
     def set_fitted_state(self, state: dict[str, Any]) -> TemperatureScaled:
-        for k in self._fitted_attrs:
+        for k in ("temperatures_", "policy_"):
             if k not in state:
                 raise ValueError(f"TemperatureScaled state is missing {k!r}")
         self.temperatures_ = [float(t) for t in state["temperatures_"]]
         self.policy_ = policy_from_config(state["policy_"])
+        self.num_exits_ = state.get("num_exits_", len(self.temperatures_))
         self._validate_fitted()
         return self

@@ -48,6 +48,8 @@ class Strategy:
     name = "strategy"
     #: True when the strategy sets the learning rates itself in :meth:`on_step` (``fit`` then adds no scheduler).
     schedules_lr: ClassVar[bool] = False
+    #: The tasks (``ExitOutputs.task``) this strategy can train.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
 
     def setup(self, net: MultiExitNetwork) -> None:
         """Called once before the first epoch (create gates, check the network, …)."""
@@ -87,7 +89,7 @@ class Strategy:
     def on_step(self, optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
         """Called before each optimiser step (``step`` counts from 0 over the whole run)."""
 
-    def forward(self, net: MultiExitNetwork, x: torch.Tensor) -> ExitOutputs:
+    def forward(self, net: MultiExitNetwork, x: Any) -> ExitOutputs:
         """The outputs the loss needs (default: every exit)."""
         return net(x)
 

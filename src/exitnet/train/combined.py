@@ -18,7 +18,8 @@ from torch import nn
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy
-from exitnet.train.joint import _SCHEMES, exit_weights, weighted_exit_loss
+from exitnet.train.joint import SCHEMES, exit_weights
+from exitnet.train.losses import weighted_exit_loss
 
 __all__ = ["Combined", "COMBINED_MODES"]
 
@@ -52,12 +53,13 @@ class Combined(Strategy):
     """
 
     name = "combined"
+    tasks = ("classification",)  # it mixes class probabilities
 
     def __init__(self, mode: str = "convex", *, joint: str | Sequence[float] | None = None) -> None:
         if mode not in COMBINED_MODES:
             raise ValueError(f"unknown combined mode {mode!r}; choose one of: {', '.join(COMBINED_MODES)}")
-        if isinstance(joint, str) and joint not in _SCHEMES:
-            raise ValueError(f"unknown joint weights {joint!r}; choose one of: {', '.join(_SCHEMES)}, a list or None")
+        if isinstance(joint, str) and joint not in SCHEMES:
+            raise ValueError(f"unknown joint weights {joint!r}; choose one of: {', '.join(SCHEMES)}, a list or None")
         self.mode = mode
         self.joint = joint
         self.weights_: _Alpha | None = None
@@ -91,7 +93,7 @@ class Combined(Strategy):
         loss = F.cross_entropy(self.combine(outputs), y)
         if self.joint is not None:
             weights = exit_weights(self.joint, len(outputs), epoch=epoch, epochs=epochs)
-            loss = loss + weighted_exit_loss(outputs.stack(), y, weights)
+            loss = loss + weighted_exit_loss(outputs.stack(), y, weights, mask=outputs.mask)
         return loss
 
     def describe(self) -> dict:

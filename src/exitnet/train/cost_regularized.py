@@ -30,7 +30,8 @@ from exitnet.train.gated import (
     log_exit_probabilities,
     mixture,
 )
-from exitnet.train.joint import _SCHEMES, exit_weights, weighted_exit_loss
+from exitnet.train.joint import SCHEMES, exit_weights
+from exitnet.train.losses import weighted_exit_loss
 
 __all__ = ["CostRegularized", "soft_cost", "normalized_exit_costs"]
 
@@ -78,6 +79,7 @@ class CostRegularized(Strategy):
     """
 
     name = "cost"
+    tasks = ("classification",)  # it mixes class probabilities
 
     def __init__(
         self,
@@ -90,8 +92,8 @@ class CostRegularized(Strategy):
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam must be a non-negative weight, got {lam}")
-        if isinstance(joint, str) and joint not in _SCHEMES:
-            raise ValueError(f"unknown joint weights {joint!r}; choose one of: {', '.join(_SCHEMES)}, a list or None")
+        if isinstance(joint, str) and joint not in SCHEMES:
+            raise ValueError(f"unknown joint weights {joint!r}; choose one of: {', '.join(SCHEMES)}, a list or None")
         self.lam = float(lam)
         self.cost = cost
         self.hidden = hidden
@@ -136,7 +138,7 @@ class CostRegularized(Strategy):
         loss = gated_nll(stack, log_p, y) + self.lam * soft_cost(log_p.exp(), self.cost_.to(log_p.device))
         if self.joint is not None:
             loss = loss + weighted_exit_loss(
-                stack, y, exit_weights(self.joint, len(outputs), epoch=epoch, epochs=epochs)
+                stack, y, exit_weights(self.joint, len(outputs), epoch=epoch, epochs=epochs), mask=outputs.mask
             )
         return loss
 

@@ -14,10 +14,13 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from exitnet.rows import num_rows, take_rows
 
 __all__ = ["DistInfo", "init_distributed", "ShardedBatches", "all_reduce_sum", "broadcast_buffers"]
 
@@ -105,11 +108,12 @@ class ShardedBatches:
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"inputs and labels disagree on the number of samples: {x.shape[0]} vs {y.shape[0]}")
+        n = num_rows(x)
+        if n != y.shape[0]:
+            raise ValueError(f"inputs and labels disagree on the number of samples: {n} vs {y.shape[0]}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.x, self.y = x, y
+        self.x, self.y, self.n = x, y, n
         self.batch_size = batch_size
         self.seed, self.shuffle = seed, shuffle
         self.rank, self.world = rank, world
@@ -119,7 +123,7 @@ class ShardedBatches:
         self.epoch = epoch
 
     def _indices(self) -> torch.Tensor:
-        n = self.x.shape[0]
+        n = self.n
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
@@ -130,13 +134,13 @@ class ShardedBatches:
         return order[self.rank : total : self.world]
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(self.x.shape[0] / self.world) / self.batch_size)
+        return math.ceil(math.ceil(self.n / self.world) / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
         mine = self._indices()
         for start in range(0, mine.numel(), self.batch_size):
             idx = mine[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+            yield take_rows(self.x, idx), self.y[idx]
 
 
 def all_reduce_sum(values: list[float], device: torch.device | str) -> list[float]:

@@ -19,7 +19,8 @@ import torch
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy, set_trainable
-from exitnet.train.joint import _SCHEMES, exit_weights, weighted_exit_loss
+from exitnet.train.joint import SCHEMES, exit_weights
+from exitnet.train.losses import weighted_exit_loss
 
 __all__ = ["Freezeout", "freezeout_lr", "freezeout_points"]
 
@@ -85,8 +86,8 @@ class Freezeout(Strategy):
         scale_lr: bool = False,
     ) -> None:
         freezeout_points(2, 1, t0, scale)  # validates t0 and scale
-        if isinstance(weights, str) and weights not in _SCHEMES:
-            raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(_SCHEMES)}, or a list")
+        if isinstance(weights, str) and weights not in SCHEMES:
+            raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(SCHEMES)}, or a list")
         self.t0 = float(t0)
         self.scale = scale
         self.weights = weights
@@ -136,18 +137,23 @@ class Freezeout(Strategy):
     def forward(self, net: MultiExitNetwork, x: torch.Tensor) -> ExitOutputs:
         net.check_input(x)
         logits = []
-        h = x
-        for i, (stage, head) in enumerate(zip(net.stages, net.heads, strict=True)):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_ == 0):
+            h, ctx = net.begin(x)
+        for i in range(net.num_exits):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= self.frozen_):
-                h = stage(h)
-                logits.append(head(h))
-        return ExitOutputs(tuple(logits), net.exit_names)
+                h = net.forward_stage(i, h, ctx)
+                logits.append(net.run_head(i, h, ctx))
+        return ExitOutputs(tuple(logits), net.exit_names, task=net.task, mask=net.outputs_mask(ctx))
 
     def loss(
         self, net: MultiExitNetwork, outputs: ExitOutputs, y: torch.Tensor, *, epoch: int, epochs: int
     ) -> torch.Tensor:
         return weighted_exit_loss(
-            outputs.stack(), y, exit_weights(self.weights, len(outputs), epoch=epoch, epochs=epochs)
+            outputs.stack(),
+            y,
+            exit_weights(self.weights, len(outputs), epoch=epoch, epochs=epochs),
+            task=outputs.task,
+            mask=outputs.mask,
         )
 
     def state_dict(self) -> dict[str, Any]:

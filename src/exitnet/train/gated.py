@@ -22,7 +22,8 @@ from torch import nn
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy
-from exitnet.train.joint import _SCHEMES, exit_weights, weighted_exit_loss
+from exitnet.train.joint import SCHEMES, exit_weights
+from exitnet.train.losses import weighted_exit_loss
 
 __all__ = [
     "Gated",
@@ -176,10 +177,11 @@ class Gated(Strategy):
     """
 
     name = "gated"
+    tasks = ("classification",)  # it mixes class probabilities
 
     def __init__(self, *, hidden: int = 16, joint: str | Sequence[float] | None = None, detach: bool = False) -> None:
-        if isinstance(joint, str) and joint not in _SCHEMES:
-            raise ValueError(f"unknown joint weights {joint!r}; choose one of: {', '.join(_SCHEMES)}, a list or None")
+        if isinstance(joint, str) and joint not in SCHEMES:
+            raise ValueError(f"unknown joint weights {joint!r}; choose one of: {', '.join(SCHEMES)}, a list or None")
         self.hidden = hidden
         self.joint = joint
         self.detach = detach
@@ -199,7 +201,7 @@ class Gated(Strategy):
         loss = gated_nll(stack, self.log_exit_probabilities(outputs), y)
         if self.joint is not None:
             loss = loss + weighted_exit_loss(
-                stack, y, exit_weights(self.joint, len(outputs), epoch=epoch, epochs=epochs)
+                stack, y, exit_weights(self.joint, len(outputs), epoch=epoch, epochs=epochs), mask=outputs.mask
             )
         return loss
 

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy
+from exitnet.train.losses import weighted_exit_loss
 
-__all__ = ["Joint", "exit_weights", "weighted_exit_loss", "distillation_loss"]
+__all__ = ["Joint", "exit_weights", "weighted_exit_loss", "distillation_loss", "SCHEMES"]
 
-_SCHEMES = ("uniform", "inception", "sdn")
+SCHEMES = ("uniform", "inception", "sdn")
 
 
 def exit_weights(scheme: str | Sequence[float], num_exits: int, *, epoch: int = 0, epochs: int = 1) -> list[float]:
@@ -43,21 +44,13 @@ def exit_weights(scheme: str | Sequence[float], num_exits: int, *, epoch: int = 
             progress = epoch / max(1, epochs - 1)
             maxima = [0.9 * (i + 1) / aux for i in range(aux)]
             return [min(m, 0.01 + progress * m) for m in maxima] + [1.0]
-        raise ValueError(f"unknown weights {scheme!r}; choose one of: {', '.join(_SCHEMES)}, or a list")
+        raise ValueError(f"unknown weights {scheme!r}; choose one of: {', '.join(SCHEMES)}, or a list")
     weights = [float(w) for w in scheme]
     if len(weights) != num_exits:
         raise ValueError(f"got {len(weights)} exit weights for {num_exits} exits")
     if any(w < 0 or w != w for w in weights):
         raise ValueError(f"exit weights must be non-negative numbers, got {weights}")
     return weights
-
-
-def weighted_exit_loss(stack: torch.Tensor, y: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    """Σ_i α_i · mean_n CE(y_n, c_i(x_n)) over exits, vectorised: ``stack`` is ``[E, B, C]``."""
-    num_exits, batch, num_classes = stack.shape
-    ce = F.cross_entropy(stack.reshape(num_exits * batch, num_classes), y.repeat(num_exits), reduction="none")
-    per_exit = ce.reshape(num_exits, batch).mean(dim=1)  # [E]
-    return (per_exit * torch.as_tensor(weights, dtype=per_exit.dtype, device=per_exit.device)).sum()
 
 
 def distillation_loss(stack: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -95,8 +88,8 @@ class Joint(Strategy):
     def __init__(
         self, weights: str | Sequence[float] = "sdn", *, distill: float = 0.0, temperature: float = 1.0
     ) -> None:
-        if isinstance(weights, str) and weights not in _SCHEMES:
-            raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(_SCHEMES)}, or a list")
+        if isinstance(weights, str) and weights not in SCHEMES:
+            raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(SCHEMES)}, or a list")
         if not distill >= 0:
             raise ValueError(f"distill must be a non-negative weight, got {distill}")
         if not temperature > 0:
@@ -114,8 +107,10 @@ class Joint(Strategy):
     ) -> torch.Tensor:
         weights = self._current or exit_weights(self.weights, len(outputs), epoch=epoch, epochs=epochs)
         stack = outputs.stack()
-        loss = weighted_exit_loss(stack, y, weights)
+        loss = weighted_exit_loss(stack, y, weights, task=outputs.task, mask=outputs.mask)
         if self.distill > 0 and len(outputs) > 1:
+            if outputs.task != "classification":
+                raise ValueError("self-distillation matches class probabilities; it needs a classification network")
             loss = loss + self.distill * distillation_loss(stack, self.temperature)
         return loss
 

@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from exitnet._batches import iter_batches
-from exitnet._utils import eval_mode
+from exitnet._utils import eval_mode, module_device
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
+from exitnet.rows import cat_rows, to_device
 from exitnet.train.base import Strategy, set_trainable
+from exitnet.train.losses import exit_loss
 
 __all__ = ["Layerwise", "split_epochs"]
 
@@ -95,7 +96,7 @@ class Layerwise(Strategy):
         self.batch_size = batch_size
         self.phase_ = 0
         self.cache_bytes_ = 0  # largest cache held at once (RAM for "memory", disk for "disk")
-        self._cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cached: tuple[Any, torch.Tensor] | None = None
         self._tmp: Path | None = None
         self._file: Path | None = None
 
@@ -115,9 +116,13 @@ class Layerwise(Strategy):
             self._cached = self._embed(net, phase - 1, self._cached)
         return self._cached
 
-    def _embed(self, net: MultiExitNetwork, stage: int, source: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the frozen ``stage`` once over ``source`` (inputs, or the previous embeddings) in eval mode."""
-        parts, labels = [], []
+    def _embed(self, net: MultiExitNetwork, stage: int, source: Any) -> tuple[Any, torch.Tensor]:
+        """Run the frozen ``stage`` once over ``source`` (inputs, or the previous embeddings) in eval mode.
+
+        The cache holds ``{"h": stage outputs, "ctx": side inputs}`` per sample; with ``cache="disk"`` the stage
+        outputs go to a memory-mapped file (the side inputs, small, stay in memory).
+        """
+        parts, ctxs, labels = [], [], []
         path: Path | None = None
         if self.cache == "disk":
             if self._tmp is None:
@@ -126,23 +131,32 @@ class Layerwise(Strategy):
                     root.mkdir(parents=True, exist_ok=True)
                 self._tmp = Path(tempfile.mkdtemp(prefix="exitnet-layerwise-", dir=root))
             path = self._tmp / f"stage{stage}.bin"
-        device = next(net.parameters()).device
+        device = module_device(net)
         shape: tuple[int, ...] | None = None
         count = 0
         with contextlib.ExitStack() as stack:
             file = stack.enter_context(path.open("wb")) if path is not None else None
             stack.enter_context(torch.no_grad())
-            stack.enter_context(eval_mode(net.stages[stage]))
+            stack.enter_context(eval_mode(net))
             for x, y in iter_batches(source, self.batch_size):
+                x = to_device(x, device)
                 if stage == 0:
                     net.check_input(x)
-                h = net.stages[stage](x.to(device)).float().cpu().contiguous()
-                shape, count = tuple(h.shape[1:]), count + h.shape[0]
-                labels.append(y.reshape(-1).cpu())
-                if file is not None:
-                    file.write(h.numpy().tobytes())
+                    h, ctx = net.begin(x)
                 else:
-                    parts.append(h)
+                    h, ctx = x["h"], x["ctx"]
+                out = net.forward_stage(stage, h, ctx)
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(f"layer-wise caching needs stage outputs that are tensors, stage {stage} gives "
+                                    f"{type(out).__name__}; use cache='none'")  # fmt: skip
+                out = out.float().cpu().contiguous()
+                shape, count = tuple(out.shape[1:]), count + out.shape[0]
+                labels.append(y.cpu())
+                ctxs.append(to_device(ctx, "cpu"))
+                if file is not None:
+                    file.write(out.numpy().tobytes())
+                else:
+                    parts.append(out)
         if shape is None:
             raise ValueError("the training data holds no samples")
         self._cached = None  # the previous cache is no longer needed
@@ -155,27 +169,31 @@ class Layerwise(Strategy):
         else:
             h_all = torch.cat(parts)
         self.cache_bytes_ = max(self.cache_bytes_, h_all.numel() * h_all.element_size())
-        return h_all, y_all
+        return {"h": h_all, "ctx": cat_rows(ctxs)}, y_all
 
     def train_mode(self, net: MultiExitNetwork) -> None:
         net.eval()  # frozen stages and heads keep their BatchNorm statistics
         net.stages[self.phase_].train()
         net.heads[self.phase_].train()
 
-    def forward(self, net: MultiExitNetwork, x: torch.Tensor) -> ExitOutputs:
+    def forward(self, net: MultiExitNetwork, x: Any) -> ExitOutputs:
         k = self.phase_
         if self.cache == "none" or k == 0:
             net.check_input(x)
             with torch.no_grad():
+                h, ctx = net.begin(x)
                 for i in range(k):
-                    x = net.stages[i](x)
-        h = net.stages[k](x)
-        return ExitOutputs((net.heads[k](h),), (net.exit_names[k],))
+                    h = net.forward_stage(i, h, ctx)
+        else:
+            h, ctx = x["h"], x["ctx"]
+        h = net.forward_stage(k, h, ctx)
+        out = net.run_head(k, h, ctx)
+        return ExitOutputs((out,), (net.exit_names[k],), task=net.task, mask=net.outputs_mask(ctx))
 
     def loss(
         self, net: MultiExitNetwork, outputs: ExitOutputs, y: torch.Tensor, *, epoch: int, epochs: int
     ) -> torch.Tensor:
-        return F.cross_entropy(outputs[0], y)  # L_k of eq. (7), mean over the batch
+        return exit_loss(outputs, y)  # L_k of eq. (7), mean over the batch
 
     def finish(self, net: MultiExitNetwork) -> None:
         self._cached = None

@@ -23,8 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from exitnet._batches import as_xy, num_samples
+from exitnet._utils import module_device
 from exitnet.checkpoint import load_training_state, restore_rng_state
 from exitnet.model import MultiExitNetwork
+from exitnet.rows import num_rows, to_device
+from exitnet.scores import as_targets
 from exitnet.train._records import STATE_FILE, History, Records, state_path
 from exitnet.train.base import Strategy
 from exitnet.train.distributed import DistInfo, ShardedBatches, all_reduce_sum, broadcast_buffers, init_distributed
@@ -44,8 +47,9 @@ class _Step(nn.Module):
         self.extras = extras
         self.strategy = strategy
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
+    def forward(self, x: Any, y: torch.Tensor, epoch: int, epochs: int) -> torch.Tensor:
         outputs = self.strategy.forward(self.net, x)
+        y = as_targets(y, tuple(outputs.logits[-1].shape), outputs.task, num_classes=self.net.num_classes)
         return self.strategy.loss(self.net, outputs, y, epoch=epoch, epochs=epochs)
 
 
@@ -146,6 +150,10 @@ def fit(
         raise ValueError(f"scheduler must be 'cosine' or None, got {scheduler!r}")
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy must be an exitnet.train strategy, got {type(strategy).__name__}")
+    if net.task not in strategy.tasks:
+        raise ValueError(
+            f"{strategy.name} training is for {' and '.join(strategy.tasks)} networks; this one is a {net.task}"
+        )
     if strategy.schedules_lr and isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(
             f"{strategy.name} sets a learning rate per parameter group it builds; pass optimizer=None or a factory "
@@ -165,7 +173,7 @@ def fit(
         torch.manual_seed(seed)
         if device is not None:
             net.to(device)
-        dev = next(net.parameters()).device
+        dev = module_device(net)
         run = _Run(net, strategy, info, out, dev, epochs, progress and info.is_main)
         return run.train(
             train,
@@ -316,8 +324,7 @@ class _Run:
         strategy, world = self.strategy, self.info.world
         loss_sum, count_sum = 0.0, 0.0
         for x, y in loader:
-            x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
-            _check_labels(y, self.net.num_classes)
+            x, y = to_device(x, self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
             strategy.on_step(opt, step, total)
             with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=kw["bf16"]):
                 loss = model(x, y, epoch, self.epochs)
@@ -334,8 +341,9 @@ class _Run:
             if sched is not None:
                 sched.step()
             step += 1
-            loss_sum += value * x.shape[0] * world
-            count_sum += x.shape[0] * world
+            rows = num_rows(x)
+            loss_sum += value * rows * world
+            count_sum += rows * world
             self.bar.advance(self.task)
         return loss_sum, count_sum, step
 
@@ -344,14 +352,3 @@ class _Run:
 
         ids = [self.dev.index] if self.dev.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
-
-
-def _check_labels(y: torch.Tensor, num_classes: int | None) -> None:
-    """Labels must be class indices the exits can predict (else torch fails deep inside cross-entropy)."""
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise ValueError(f"labels must be integer class indices, got dtype {y.dtype}")
-    if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes - 1}] for a network with {num_classes} classes, "
-            f"got labels from {int(y.min())} to {int(y.max())}"
-        )

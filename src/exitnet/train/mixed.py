@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy, set_trainable
-from exitnet.train.joint import _SCHEMES, exit_weights, weighted_exit_loss
-from exitnet.train.separate import _train_backbone, backbone_forward
+from exitnet.train.joint import SCHEMES, exit_weights
+from exitnet.train.losses import exit_loss, weighted_exit_loss
+from exitnet.train.separate import backbone_forward, train_backbone
 
 __all__ = ["Mixed"]
 
@@ -41,8 +41,8 @@ class Mixed(Strategy):
     def __init__(self, backbone_epochs: int | None = None, *, weights: str | Sequence[float] = "uniform") -> None:
         if backbone_epochs is not None and backbone_epochs < 0:
             raise ValueError(f"backbone_epochs must be >= 0, got {backbone_epochs}")
-        if isinstance(weights, str) and weights not in _SCHEMES:
-            raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(_SCHEMES)}, or a list")
+        if isinstance(weights, str) and weights not in SCHEMES:
+            raise ValueError(f"unknown weights {weights!r}; choose one of: {', '.join(SCHEMES)}, or a list")
         self.backbone_epochs = backbone_epochs
         self.weights = weights
         self.phase_ = 0
@@ -56,7 +56,7 @@ class Mixed(Strategy):
     def start_phase(self, net: MultiExitNetwork, phase: int, train: Any) -> Any:
         self.phase_ = phase
         if phase == 0:
-            _train_backbone(net)
+            train_backbone(net)
         else:
             set_trainable(net, True)
         return train
@@ -68,10 +68,9 @@ class Mixed(Strategy):
         self, net: MultiExitNetwork, outputs: ExitOutputs, y: torch.Tensor, *, epoch: int, epochs: int
     ) -> torch.Tensor:
         if self.phase_ == 0:
-            return F.cross_entropy(outputs.final, y)
-        return weighted_exit_loss(
-            outputs.stack(), y, exit_weights(self.weights, len(outputs), epoch=epoch, epochs=epochs)
-        )
+            return exit_loss(outputs, y)
+        weights = exit_weights(self.weights, len(outputs), epoch=epoch, epochs=epochs)
+        return weighted_exit_loss(outputs.stack(), y, weights, task=outputs.task, mask=outputs.mask)
 
     def describe(self) -> dict:
         return {

@@ -12,24 +12,31 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from exitnet._batches import iter_batches
-from exitnet._utils import eval_mode
+from exitnet._utils import eval_mode, module_device
 from exitnet.heads import SklearnHead
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
+from exitnet.rows import to_device
 from exitnet.train.base import Strategy, set_trainable
+from exitnet.train.losses import exit_loss, per_exit_loss
 
-__all__ = ["Backbone", "Separate", "fit_sklearn_heads", "backbone_forward"]
+__all__ = ["Backbone", "Separate", "fit_sklearn_heads", "backbone_forward", "train_backbone"]
 
 
-def backbone_forward(net: MultiExitNetwork, x: torch.Tensor) -> ExitOutputs:
+def backbone_forward(net: MultiExitNetwork, x: Any) -> ExitOutputs:
     """The final exit alone (every stage, no auxiliary head), as an ``ExitOutputs`` of one exit."""
-    return ExitOutputs((net.forward_backbone(x),), (net.exit_names[-1],))
+    net.check_input(x)
+    h, ctx = net.begin(x)
+    for i in range(net.num_exits):
+        h = net.forward_stage(i, h, ctx)
+    out = net.run_head(net.num_exits - 1, h, ctx)
+    return ExitOutputs((out,), (net.exit_names[-1],), task=net.task, mask=net.outputs_mask(ctx))
 
 
-def _train_backbone(net: MultiExitNetwork) -> None:
+def train_backbone(net: MultiExitNetwork) -> None:
+    """Make the backbone (every stage and the final head) trainable and the auxiliary heads frozen."""
     set_trainable(net, False)
     set_trainable([*net.stages, net.heads[-1]], True)
 
@@ -48,13 +55,13 @@ def fit_sklearn_heads(net: MultiExitNetwork, data: Any, *, batch_size: int = 256
         return []
     feats: dict[int, list[torch.Tensor]] = {i: [] for i in which}
     labels = []
-    device = next(net.parameters()).device
+    device = module_device(net)
     with torch.no_grad(), eval_mode(net):
         for x, y in iter_batches(data, batch_size):
             net.check_input(x)
-            h = x.to(device)
-            for i, stage in enumerate(net.stages[: max(which) + 1]):
-                h = stage(h)
+            h, ctx = net.begin(to_device(x, device))
+            for i in range(max(which) + 1):
+                h = net.forward_stage(i, h, ctx)
                 if i in feats:
                     feats[i].append(heads[i].features(h).cpu())
             labels.append(y.reshape(-1).cpu())
@@ -74,7 +81,7 @@ class Backbone(Strategy):
     name = "backbone"
 
     def start_phase(self, net: MultiExitNetwork, phase: int, train: Any) -> Any:
-        _train_backbone(net)
+        train_backbone(net)
         return train
 
     def forward(self, net: MultiExitNetwork, x: torch.Tensor) -> ExitOutputs:
@@ -83,7 +90,7 @@ class Backbone(Strategy):
     def loss(
         self, net: MultiExitNetwork, outputs: ExitOutputs, y: torch.Tensor, *, epoch: int, epochs: int
     ) -> torch.Tensor:
-        return F.cross_entropy(outputs.final, y)
+        return exit_loss(outputs, y)
 
 
 class Separate(Strategy):
@@ -136,7 +143,7 @@ class Separate(Strategy):
     def start_phase(self, net: MultiExitNetwork, phase: int, train: Any) -> Any:
         self.phase_ = phase
         if phase == 0:
-            _train_backbone(net)
+            train_backbone(net)
             return train
         set_trainable(net, False)
         set_trainable([net.heads[i] for i in self._neural_heads(net)], True)
@@ -157,28 +164,25 @@ class Separate(Strategy):
         net.check_input(x)
         neural = set(self._neural_heads(net))
         logits = []
-        h = x
-        for i, (stage, head) in enumerate(zip(net.stages, net.heads, strict=True)):
+        with torch.no_grad():
+            h, ctx = net.begin(x)
+        for i in range(net.num_exits):
             with torch.no_grad():
-                h = stage(h)
-            if i in neural:
-                logits.append(head(h))
-            else:
-                with torch.no_grad():
-                    logits.append(head(h))
-        return ExitOutputs(tuple(logits), net.exit_names)
+                h = net.forward_stage(i, h, ctx)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i in neural):
+                logits.append(net.run_head(i, h, ctx))
+        return ExitOutputs(tuple(logits), net.exit_names, task=net.task, mask=net.outputs_mask(ctx))
 
     def loss(
         self, net: MultiExitNetwork, outputs: ExitOutputs, y: torch.Tensor, *, epoch: int, epochs: int
     ) -> torch.Tensor:
         if self.phase_ == 0:
-            return F.cross_entropy(outputs.final, y)
+            return exit_loss(outputs, y)
         neural = self._neural_heads(net)
         if not neural:
             return outputs.final.new_zeros(())
-        stack = torch.stack([outputs[i] for i in neural])  # [E', B, C]
-        ce = F.cross_entropy(stack.flatten(0, 1), y.repeat(len(neural)), reduction="sum")
-        return ce / y.shape[0]  # Σ_i mean_n CE(y_n, c_i(x_n)) over the trained heads
+        stack = torch.stack([outputs[i] for i in neural])  # [E', B, ...]
+        return per_exit_loss(stack, y, task=outputs.task, mask=outputs.mask).sum()  # Σ_i L_i over trained heads
 
     def describe(self) -> dict:
         return {"name": self.name, "pretrained": self.pretrained, "backbone_epochs": self.backbone_epochs}

@@ -1,9 +1,10 @@
 """Private: the search over per-exit cuts, on cached confidences (numpy, vectorised over samples).
 
 A *cut* τ_i per auxiliary exit: sample b leaves at the first exit i with ``conf[i, b] > τ_i`` (the last exit takes
-the rest). Each sample brings a *gain* at the exit it leaves (1 if that exit is right, for accuracy; minus one
-if it is wrong while the final exit is right, for risk control) and the exit's cumulative *cost*. Totals are
-sums over samples, so integer gains are compared exactly.
+the rest). Each sample brings a *gain* at the exit it leaves (its score there: 1 if that exit is right, for
+accuracy; the share of positions right, or minus the squared error, for other outputs; minus one if it is wrong
+while the final exit is right, for risk control) and the exit's cumulative *cost*. Totals are sums over samples,
+so integer gains are compared exactly (float gains up to a tolerance the caller gives).
 
 The building block is the exact one-coordinate scan (:func:`scan`): with every other cut fixed, the samples
 that reach exit i either leave there (gain ``gain[i]``, cost ``cost[i]``) or go on to whatever the later cuts
@@ -89,11 +90,12 @@ def scan(p: Problem, cuts: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------------ objectives
-def target_key(need: float) -> Key:
-    """Cheapest with total gain >= ``need``; infeasible points rank by shortfall."""
+def target_key(need: float, tol: float = 1e-9) -> Key:
+    """Cheapest with total gain >= ``need`` (up to ``tol``, for sums of float gains); infeasible points rank by
+    shortfall."""
 
     def key(g: np.ndarray, c: np.ndarray) -> np.ndarray:
-        ok = g >= need - 1e-9
+        ok = g >= need - tol
         return np.stack([~ok, np.where(ok, c, -g), -g]).astype(float)
 
     return key
@@ -118,12 +120,12 @@ def lagrange_key(lam: float) -> Key:
     return key
 
 
-def _argbest(key: Key, g: np.ndarray, c: np.ndarray) -> int:
+def argbest(key: Key, g: np.ndarray, c: np.ndarray) -> int:
     k = key(g, c)  # [levels, M]
     return int(np.lexsort(k[::-1])[0])  # lexsort sorts by the last row first; stable: first of ties wins
 
 
-def _better(key: Key, a: tuple[float, float], b: tuple[float, float]) -> bool:
+def better(key: Key, a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Is point a strictly better than b (with a small tolerance against rounding of cost sums)?"""
     ka, kb = key(np.array([a[0]]), np.array([a[1]]))[:, 0], key(np.array([b[0]]), np.array([b[1]]))[:, 0]
     for x, y in zip(ka, kb, strict=True):
@@ -143,8 +145,8 @@ def descend(p: Problem, cuts: np.ndarray, key: Key, *, max_rounds: int = 100) ->
         improved = False
         for i in range(p.num_aux):
             values, g, c = scan(p, cuts, i)
-            j = _argbest(key, g, c)
-            if _better(key, (g[j], c[j]), current):
+            j = argbest(key, g, c)
+            if better(key, (g[j], c[j]), current):
                 cuts[i] = values[j]
                 current = p.evaluate(cuts)
                 improved = True
@@ -170,8 +172,8 @@ def pair_moves(p: Problem, cuts: np.ndarray, key: Key, *, grid: int = 24, max_pa
                     trial = cuts.copy()
                     trial[i] = vi
                     values_j, g, c = scan(p, trial, j)
-                    k = _argbest(key, g, c)
-                    if _better(key, (g[k], c[k]), current):
+                    k = argbest(key, g, c)
+                    if better(key, (g[k], c[k]), current):
                         trial[j] = values_j[k]
                         cuts, current, improved = trial, p.evaluate(trial), True
         if not improved:
@@ -269,7 +271,7 @@ def shared_curve(p: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def starting_points(p: Problem, *, lams: int = 24) -> list[np.ndarray]:
     """Nobody early, every point of the greedy path and of a λ-sweep of the convex hull."""
-    return [p.never(), *greedy_path(p), *lagrange_sweep(p, _lambdas(p, lams))]
+    return [p.never(), *greedy_path(p), *lagrange_sweep(p, lambdas(p, lams))]
 
 
 def solve(p: Problem, key: Key, *, starts: list[np.ndarray] | None = None, pair_grid: int = 24) -> np.ndarray:
@@ -277,38 +279,50 @@ def solve(p: Problem, key: Key, *, starts: list[np.ndarray] | None = None, pair_
     greedy path, a λ-sweep of the convex hull, the best shared cut), then pair moves on the winner."""
     starts = list(starting_points(p) if starts is None else starts)
     values, g, c = shared_curve(p)
-    starts.append(np.full(p.num_aux, values[_argbest(key, g, c)]))
+    starts.append(np.full(p.num_aux, values[argbest(key, g, c)]))
     totals = np.array([p.evaluate(s) for s in starts])  # [S, 2]
     ranks = np.lexsort(key(totals[:, 0], totals[:, 1])[::-1])
     best = None
     for r in ranks[:4]:
         cuts = descend(p, starts[r], key)
-        if best is None or _better(key, p.evaluate(cuts), p.evaluate(best)):
+        if best is None or better(key, p.evaluate(cuts), p.evaluate(best)):
             best = cuts
     assert best is not None
     return pair_moves(p, best, key, grid=pair_grid) if pair_grid > 0 else best
 
 
-def solve_budget(p: Problem, budget: float, *, pair_grid: int = 24, max_solves: int = 12) -> np.ndarray:
+def solve_budget(
+    p: Problem, budget: float, *, pair_grid: int = 24, max_solves: int = 12, unit: float = 1.0
+) -> np.ndarray:
     """Most gain within a total-cost ``budget``: the budget search, then galloping on the gain with the target
-    search (cheapest cuts for gain >= g + step), which is the stronger of the two, while the cost fits."""
+    search (cheapest cuts for gain >= g + step, from ``unit``: one sample's worth, 1 for 0/1 gains), which is the
+    stronger of the two, while the cost fits."""
     starts = starting_points(p)
     best = solve(p, budget_key(budget), starts=starts, pair_grid=pair_grid)
     g_best = p.evaluate(best)[0]
-    step = 1.0
+    step = unit
     for _ in range(max_solves):
         trial = solve(p, target_key(g_best + step), starts=[best, *starts], pair_grid=pair_grid)
         g, c = p.evaluate(trial)
         if g >= g_best + step - 1e-9 and c <= budget * (1 + 1e-12) + 1e-9:
             best, g_best, step = trial, g, step * 2
-        elif step > 1:
-            step = max(1.0, step / 4)
+        elif step > unit:
+            step = max(unit, step / 4)
         else:
             break
     return best
 
 
-def _lambdas(p: Problem, count: int) -> np.ndarray:
+def gain_unit(gain: np.ndarray) -> float:
+    """One sample's worth of gain: 1 for 0/1 gains, else the median spread of a sample's gain over the exits."""
+    if np.isin(gain, (0.0, 1.0)).all():
+        return 1.0
+    spread = np.ptp(gain, axis=0)
+    spread = spread[spread > 0]
+    return float(np.median(spread)) if spread.size else 1.0
+
+
+def lambdas(p: Problem, count: int) -> np.ndarray:
     """λ (cost per unit of gain) spanning 'nothing matters but gain' to 'nothing matters but cost'."""
     scale = float(p.cost[-1]) if p.cost[-1] > 0 else 1.0
     return np.concatenate([[0.0], scale * np.geomspace(1e-3, 1e3, max(1, count - 1))])

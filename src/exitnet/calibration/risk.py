@@ -12,6 +12,7 @@ accuracy drop of early exit relative to the full network on new data is at most 
 - **Or the harm alone** (``loss="harm"``): a 0/1 loss whose mean bounds the drop from above (it gives no credit
   for help), tested with the exact binomial p-value ``P(Binom(n, ε) <= k)`` (k harms among n test samples), or
   the Hoeffding–Bentkus p-value ``min(exp(−n h(k/n ∧ ε, ε)), e · P(Binom(n, ε) <= k))`` with ``pvalue="hb"``.
+- **Scores**: 0/1 (one label per sample, accuracy); token-level and regression outputs are refused.
 - **Fixed-sequence testing**: the candidates are ordered from conservative to aggressive *without looking at
   the test samples*; they are tested in that order at level δ each and testing stops at the first
   non-rejection. This controls the family-wise error at δ, so every rejected λ has R(λ) <= ε simultaneously
@@ -34,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from exitnet.calibrate import _search as S
-from exitnet.calibrate._core import correct_matrix, threshold_problem, totals, with_cuts
+from exitnet.calibration import _search as S
+from exitnet.calibration._inputs import Cached, gain_matrix, threshold_problem, totals, with_cuts
 from exitnet.policies import ExitPolicy, TemperatureScaled, ThresholdPolicy
 
 __all__ = ["calibrate_risk", "binomial_pvalue", "hb_pvalue", "drop_pvalue"]
@@ -100,16 +101,16 @@ def _harm(correct: np.ndarray) -> np.ndarray:
 def _threshold_path(prob: S.Problem, needs: list[float]) -> list[np.ndarray]:
     """The cheapest cuts (on the selection part) for each total-gain requirement in ``needs`` (from the most
     demanding to the least), after 'nobody early': the fixed sequence, conservative first."""
-    hull = S.lagrange_sweep(prob, S._lambdas(prob, 24))
+    hull = S.lagrange_sweep(prob, S.lambdas(prob, 24))
     hull_scores = np.array([prob.evaluate(h) for h in hull])  # [H, 2]
     values, g, c = S.shared_curve(prob)
     path, cuts = [prob.never()], prob.never()
     for need in needs:
         key = S.target_key(need)
-        j = S._argbest(key, g, c)
+        j = S.argbest(key, g, c)
         starts = [cuts, np.full(prob.num_aux, values[j]), *hull]
         scores = np.vstack([[prob.evaluate(cuts), (g[j], c[j])], hull_scores])  # [2 + H, 2]
-        best = starts[S._argbest(key, scores[:, 0], scores[:, 1])]
+        best = starts[S.argbest(key, scores[:, 0], scores[:, 1])]
         cuts = S.descend(prob, best, key)
         if not any(np.array_equal(cuts, q) for q in path):
             path.append(cuts.copy())
@@ -146,20 +147,20 @@ def drop_pvalue(harms: int, helps: int, n: int, epsilon: float) -> float:
 
 def calibrate_risk(
     policy: ExitPolicy,
-    stack: torch.Tensor,
-    y: torch.Tensor,
+    data: Cached,
     guarantee: tuple[float, float],
     *,
-    cost: np.ndarray,
     split: float = 0.5,
     seed: int = 0,
     pvalue: str = "binomial",
     loss: str = "drop",
     path_points: int = 16,
 ) -> ExitPolicy:
-    """Risk-controlled thresholds (module docstring) on cached ``stack`` ``[E, N, C]`` and labels ``y``.
+    """Risk-controlled thresholds (module docstring) on cached calibration data.
 
-    Reached through ``exitnet.calibrate(policy, net_or_logits, data, guarantee=(epsilon, delta))``.
+    Reached through ``exitnet.calibrate(policy, net_or_logits, data, guarantee=(epsilon, delta))``. Needs a 0/1
+    score per sample (one label per sample, accuracy). The reference is the answer a sample gets at the last
+    exit: the final exit's, or with ``fallback="most_confident"`` the most confident exit's.
 
     Args:
         loss: ``"drop"`` (harm minus help: the accuracy drop itself, tested with :func:`drop_pvalue`) or
@@ -179,7 +180,13 @@ def calibrate_risk(
         raise ValueError(f"unknown loss {loss!r}; choose one of: harm, drop")
     if not 0 < split < 1:
         raise ValueError(f"split must lie in (0, 1), got {split}")
-    n = stack.shape[1]
+    if not data.binary:
+        raise ValueError(
+            "risk control (guarantee=) tests a 0/1 loss: it needs a 0/1 score per sample (one class label per "
+            "sample, accuracy); these scores are not 0/1 (token-level or regression outputs, or a custom score_fn): "
+            "use max_accuracy_drop= instead"
+        )
+    n = data.n
     data_free = isinstance(policy, ExitPolicy) and bool(getattr(policy, "data_free_candidates", False))
     perm = np.random.default_rng(seed).permutation(n)
     n_sel = 0 if data_free else int(round(split * n))
@@ -188,25 +195,26 @@ def calibrate_risk(
     sel, test = np.sort(perm[:n_sel]), (np.sort(perm[n_sel:]) if not data_free else np.arange(n))
     sel_t, test_t = torch.from_numpy(sel), torch.from_numpy(test)
 
-    raw = stack
+    raw = data
     temps = None
     inner = policy
     if isinstance(policy, TemperatureScaled):
-        fit_on = test_t if data_free else sel_t
-        temps = (
-            list(policy.temperatures_) if policy.is_fitted() else policy.fit_temperatures(stack[:, fit_on], y[fit_on])
-        )
-        stack = policy.scale(stack, temps)
+        fit_on = raw.subset(test_t if data_free else sel_t)
+        temps = list(policy.temperatures_) if policy.is_fitted() else policy.fit_temperatures(fit_on.outputs, fit_on.y)
+        data = data.with_outputs(policy.scale(data.outputs, temps))
         inner = policy.policy
         data_free = data_free or bool(getattr(inner, "data_free_candidates", False))
 
-    correct = correct_matrix(stack, y)
-    all_gain = correct.astype(np.float64)
+    if isinstance(inner, ThresholdPolicy):
+        selected = data.subset(sel_t)
+        base = inner.calibration_base(selected.outputs, selected.y)
+        correct = gain_matrix(base, data) > 0.5  # [E, N]; the last row: the answer at the last exit
+        prob = threshold_problem(base, data, _harm(correct))
+    else:
+        correct = gain_matrix(inner, data) > 0.5
     harm = correct[-1][None, :] & ~correct  # [E, N]: leaving there loses a right final answer
     helps = ~correct[-1][None, :] & correct  # [E, N]: leaving there wins a wrong final answer
     if isinstance(inner, ThresholdPolicy):
-        base = inner.calibration_base(stack[:, sel_t], y[sel_t])
-        prob = threshold_problem(base, stack, _harm(correct), cost)
         # The path grows the harm budget: up to 1.5 ε for the harm loss; for the drop loss further, by the share
         # of samples some early exit gets right and the final exit wrong (what help can win back).
         top = 1.5 * epsilon + (float(helps[:, sel].any(axis=0).mean()) if loss == "drop" else 0.0)
@@ -215,9 +223,9 @@ def calibrate_risk(
         candidates: list[ExitPolicy] = [with_cuts(base, cuts) for cuts in path]
         exits = [prob.exits(cuts) for cuts in path]  # numpy: the same decisions as decide()
     else:
-        fit_on = test_t if data_free else sel_t
-        candidates = inner.calibration_candidates(stack[:, fit_on], y[fit_on])
-        exits = [c.decide(stack).cpu().numpy() for c in candidates]
+        fit_on = data.subset(test_t if data_free else sel_t)
+        candidates = inner.calibration_candidates(fit_on.outputs, fit_on.y)
+        exits = [c.decide(data.outputs).cpu().numpy() for c in candidates]
 
     test_fn = _PVALUES[pvalue]
     tested: list[dict[str, Any]] = []
@@ -230,12 +238,12 @@ def calibrate_risk(
             p = drop_pvalue(k_harm, k_help, len(test), epsilon)
         tested.append({
             "harm_test": k_harm / len(test), "help_test": k_help / len(test),
-            "mean_cost_test": float(cost[ex[test]].mean()), "pvalue": p,
+            "mean_cost_test": float(data.cost[ex[test]].mean()), "pvalue": p,
         })  # fmt: skip
         if p > delta:
             break
         accepted.append(j)
-    cost_all = [float(cost[ex].sum()) for ex in exits]
+    cost_all = [float(data.cost[ex].sum()) for ex in exits]
     if accepted:
         chosen = min(accepted, key=lambda j: (cost_all[j], -j))
         fitted = candidates[chosen]
@@ -244,8 +252,8 @@ def calibrate_risk(
     if temps is not None:
         assert isinstance(policy, TemperatureScaled)
         fitted = policy.with_inner(temps, fitted)
-    g_all, c_all = totals(fitted, raw, all_gain, cost)
-    fitted.calibration_ = {  # type: ignore[attr-defined]
+    g_all, c_all = totals(fitted, raw, correct.astype(np.float64))
+    fitted.calibration_ = {
         "guarantee": {
             "epsilon": epsilon,
             "delta": delta,
@@ -264,10 +272,10 @@ def calibrate_risk(
             "assumption": ASSUMPTION,
         },
         "method": "risk control (Learn-then-Test, fixed sequence)",
-        "final_accuracy": float(correct[-1].mean()),
+        "final_accuracy": float(data.scores[-1].mean()),
         "accuracy": g_all / n,
         "mean_cost": c_all / n,
-        "full_cost": float(cost[-1]),
+        "full_cost": float(data.cost[-1]),
         "num_samples": n,
     }
     return fitted

@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from exitnet.calibrate._core import CostLike, correct_matrix, prepare, with_cuts
+from exitnet.calibration._inputs import CostLike, gain_matrix, prepare
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.policies import ThresholdPolicy
+from exitnet.scores import ScoreFn
 
 __all__ = ["calibrate_iterative"]
 
@@ -26,7 +27,8 @@ def calibrate_iterative(
     beta0: float = 0.5,
     tol: float = 1e-3,
     max_iter: int = 500,
-    cost: CostLike = None,
+    cost: CostLike = "flops",
+    score_fn: ScoreFn | None = None,
     batch_size: int = 256,
 ) -> ThresholdPolicy:
     """One threshold β shared by all exits, tuned by the iterative rule of Baccarelli et al. (the survey's [3]).
@@ -38,7 +40,9 @@ def calibrate_iterative(
     aggressive threshold keeps accuracy above it, when the earliest exits are that good), or after ``max_iter``
     steps; ``calibration_["status"]`` says which. Like any fixed-step rule it converges when
     ``η · |d acc / d β| < 2`` near the answer, and acc(β) is a step function on finite data, so ``tol`` must
-    exceed the accuracy step there (about 1 / N).
+    exceed the accuracy step there (about 1 / N). Accuracy is the mean score (``score_fn``, the task's default:
+    the share of valid positions right for token-level outputs); ``net_or_logits``, ``data`` and ``cost`` are
+    as for :func:`exitnet.calibrate`.
 
     Returns:
         A fitted copy with ``thresholds_ = [β] * (E - 1)``; ``calibration_`` holds ``converged``, ``iterations``
@@ -46,8 +50,9 @@ def calibrate_iterative(
 
     Example:
         >>> from exitnet.policies import MaxProb
-        >>> y = torch.arange(2000) % 2
-        >>> logits = torch.randn(2, 2000, 2) + 1.5 * torch.nn.functional.one_hot(y, 2)
+        >>> y, g = torch.arange(2000) % 2, torch.Generator().manual_seed(0)
+        >>> sure = torch.tensor([1.0, 3.0]).view(2, 1, 1)  # exit 0 is the weaker one
+        >>> logits = torch.randn(2, 2000, 2, generator=g) + sure * torch.nn.functional.one_hot(y, 2)
         >>> p = calibrate_iterative(MaxProb(), logits, y, max_accuracy_drop=0.01, tol=2e-3)
         >>> p.calibration_["converged"], abs(p.calibration_["accuracy"] - p.calibration_["target_accuracy"]) <= 2e-3
         (True, True)
@@ -60,20 +65,22 @@ def calibrate_iterative(
         raise ValueError(
             f"need eta > 0, tol > 0, max_iter >= 1 and beta0 in [0, 1]; got {eta}, {tol}, {max_iter}, {beta0}"
         )
-    stack, y, cost_arr = prepare(net_or_logits, data, cost, batch_size)
-    correct = torch.from_numpy(correct_matrix(stack, y))  # [E, N]
-    final_acc = float(correct[-1].double().mean())
+    cached = prepare(net_or_logits, data, cost, batch_size, score_fn)
+    policy.check_task(cached.outputs.task)
+    base = policy.calibration_base(cached.outputs, cached.y)
+    gain = torch.from_numpy(gain_matrix(base, cached))  # [E, N]
+    final_acc = float(cached.scores[-1].mean())
     target = final_acc - float(max_accuracy_drop) if target_accuracy is None else float(target_accuracy)  # type: ignore[arg-type]
-    base = policy.calibration_base(stack, y)
-    stat = base.statistics(stack[:-1]).cpu()  # [E-1, N]
+    stack = cached.stack
+    stat = base.statistics(stack[:-1], cached.outputs.mask).cpu()  # [E-1, N]
     cols = torch.arange(stack.shape[1])
 
     def accuracy(beta: float) -> tuple[float, torch.Tensor]:
         leaves = torch.cat(
-            [base._leaves(stat, torch.tensor(beta, dtype=torch.float32)), torch.ones_like(stat[:1], dtype=torch.bool)]
+            [base.passes(stat, torch.tensor(beta, dtype=torch.float32)), torch.ones_like(stat[:1], dtype=torch.bool)]
         )
         ex = leaves.to(torch.uint8).argmax(dim=0)
-        return float(correct[ex, cols].double().mean()), ex
+        return float(gain[ex, cols].mean()), ex
 
     sign = -1.0 if base.lower_is_confident else 1.0
     beta, trace, status = float(beta0), [], "max_iter reached"
@@ -95,15 +102,14 @@ def calibrate_iterative(
     converged = status == "converged"
     beta = float(np.float32(beta))
     acc, ex = accuracy(beta)
-    fitted = with_cuts(base, np.full(stack.shape[0] - 1, sign * beta))  # cut = beta (above) or -beta (entropy)
-    fitted.thresholds_ = [beta] * (stack.shape[0] - 1)
-    fitted.calibration_ = {  # type: ignore[attr-defined]
+    fitted = base.with_thresholds([beta] * (stack.shape[0] - 1))
+    fitted.calibration_ = {
         "method": "iterative single threshold (Baccarelli et al.)",
         "target_accuracy": target,
         "final_accuracy": final_acc,
         "accuracy": acc,
-        "mean_cost": float(cost_arr[ex.numpy()].mean()),
-        "full_cost": float(cost_arr[-1]),
+        "mean_cost": float(cached.cost[ex.numpy()].mean()),
+        "full_cost": float(cached.cost[-1]),
         "converged": converged,
         "status": status,
         "iterations": len(trace),
