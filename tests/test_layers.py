@@ -55,7 +55,7 @@ def test_no_upward_imports() -> None:
         assert own is not None, f"{rel}: add this module to LAYERS in tests/test_layers.py"
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:  # no relative imports here
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -64,3 +64,66 @@ def test_no_upward_imports() -> None:
                 if layer is not None and layer > own:
                     offenders.append(f"{rel} (layer {own}) imports {name} (layer {layer})")
     assert not offenders, "upward imports:\n" + "\n".join(sorted(set(offenders)))
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = ["exitnet", *rel.parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports (relative and lazy imports too), resolved to module names."""
+    own = _module_name(path)
+    package = own if path.name == "__init__.py" else own.rsplit(".", 1)[0]
+    found = set()
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+        for n in ast.walk(block)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue  # imports for type hints only do not run
+        targets: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        for t in targets:
+            if t in modules and t != own:
+                found.add(t)
+    return found
+
+
+def test_sub_modules_import_no_cycle() -> None:
+    """Sub-modules too: no module imports, directly or through others (lazy imports included), one that imports
+    it back (a cycle such as calibration/_core <-> calibration/risk). A package's ``__init__`` re-exports its
+    sub-modules and is left out."""
+    paths = {(_module_name(p)): p for p in PKG.rglob("*.py")}
+    modules = set(paths)
+    graph = {m: {t for t in _imports(p, modules) if not paths[t].name == "__init__.py"}
+             for m, p in paths.items() if p.name != "__init__.py"}  # fmt: skip
+    state: dict[str, int] = {}
+    cycles: list[str] = []
+
+    def visit(m: str, trail: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                cycles.append(" -> ".join([*trail[trail.index(t) :], t]))
+            elif t not in state:
+                visit(t, [*trail, t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)

@@ -103,7 +103,7 @@ class _Held:
         self.tensor, self.key, self.meter = tensor, key, meter
 
     def __del__(self) -> None:
-        self.meter._release(self.key)
+        self.meter.release(self.key)
 
 
 class SavedActivations:
@@ -142,7 +142,7 @@ class SavedActivations:
     def _unpack(held: Any) -> torch.Tensor:
         return held.tensor if isinstance(held, _Held) else held
 
-    def _release(self, key: int) -> None:
+    def release(self, key: int) -> None:
         entry = self._live.get(key)
         if entry is None:
             return

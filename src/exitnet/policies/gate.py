@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from exitnet._utils import eval_mode
+from exitnet._utils import eval_mode, module_device
 from exitnet.policies._base import Outputs
 from exitnet.policies._registry import register_policy
 from exitnet.policies._stats import expand_mask
@@ -241,8 +241,7 @@ class Gate(ThresholdPolicy):
         if not 0 <= i < len(self.gates_):
             raise IndexError(f"Gate has gates for {len(self.gates_)} auxiliary exits, got i={i}")
         gate = self.gates_[i]
-        p = next(gate.parameters(), None)
-        if p is not None and p.device != logits.device:
+        if module_device(gate, logits.device) != logits.device:
             gate.to(logits.device)
         flat = logits.float().reshape(-1, logits.shape[-1])  # [b*, C]: every position of token-level logits
         with torch.no_grad(), eval_mode(gate):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exitnet._utils import module_device
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy
@@ -68,9 +69,8 @@ class Combined(Strategy):
         if self.mode in ("weighted", "convex") and (
             self.weights_ is None or self.weights_.alpha.numel() != net.num_exits
         ):
-            p = next(net.parameters(), None)
             alpha = _Alpha(net.num_exits, 1.0 / net.num_exits if self.mode == "weighted" else 0.0)
-            self.weights_ = alpha.to(p.device) if p is not None else alpha
+            self.weights_ = alpha.to(module_device(net))
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"alpha": self.weights_} if self.weights_ is not None else {}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from exitnet._utils import module_device
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy
@@ -106,8 +107,7 @@ class CostRegularized(Strategy):
         cost = list(self.cost) if self.cost is not None else normalized_exit_costs(net)
         if len(cost) != net.num_exits:
             raise ValueError(f"cost needs one value per exit: {net.num_exits} exits, got {len(cost)}")
-        p = next(net.parameters(), None)
-        self.cost_ = torch.tensor([float(c) for c in cost], device=p.device if p is not None else None)
+        self.cost_ = torch.tensor([float(c) for c in cost], device=module_device(net))
         if self.gates_ is None or len(self.gates_) != net.num_exits - 1:  # a second fit goes on with the same gates
             self.gates_ = build_gates(net, self.hidden)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exitnet._utils import module_device
 from exitnet.model import MultiExitNetwork
 from exitnet.outputs import ExitOutputs
 from exitnet.train.base import Strategy
@@ -137,9 +138,7 @@ def build_gates(net: MultiExitNetwork, hidden: int) -> nn.ModuleList:
     if num_classes is None:
         with torch.no_grad():
             num_classes = int(net(net.sample_input(1)).final.shape[-1])
-    p = next(net.parameters(), None)
-    gates = make_gates(net.num_exits, int(num_classes), hidden=hidden)
-    return gates.to(p.device) if p is not None else gates
+    return make_gates(net.num_exits, int(num_classes), hidden=hidden).to(module_device(net))
 
 
 def mixture(log_p: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
