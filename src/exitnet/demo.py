@@ -76,9 +76,9 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike = "runs/demo") -> dict[
     torch.manual_seed(cfg.seed)
     recipe = _data_recipe(cfg)
     ds = datasets.load_dataset(recipe["name"], **recipe["kwargs"])
-    backbone = resnet(depth=cfg.depth, in_chans=ds.input_shape[0], num_classes=ds.num_classes, width=cfg.width)
+    backbone = resnet(depth=cfg.depth, in_chans=ds.shape[0], num_classes=ds.num_classes, width=cfg.width)
     net = MultiExitNetwork.from_module(
-        backbone, cfg.points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.input_shape)
+        backbone, cfg.points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.shape)
     )
     history = fit(
         net,

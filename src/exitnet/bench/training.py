@@ -167,9 +167,9 @@ def _data(s: Setting) -> datasets.Dataset:
 
 def _net(s: Setting, ds: datasets.Dataset, seed: int = 0) -> MultiExitNetwork:
     torch.manual_seed(seed)
-    backbone = resnet(depth=s.depth, in_chans=ds.input_shape[0], num_classes=ds.num_classes, width=s.width)
+    backbone = resnet(depth=s.depth, in_chans=ds.shape[0], num_classes=ds.num_classes, width=s.width)
     return MultiExitNetwork.from_module(
-        backbone, s.points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.input_shape), head=s.head
+        backbone, s.points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.shape), head=s.head
     )
 
 

@@ -164,7 +164,7 @@ def build(rec: Recipe, ds: datasets.Dataset) -> MultiExitNetwork:
     """The untrained multi-exit network of a recipe (seed torch before calling for reproducible weights)."""
     backbone = get_backbone(rec.backbone, **rec.backbone_kwargs)
     return MultiExitNetwork.from_module(
-        backbone, rec.points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.input_shape), head=rec.head
+        backbone, rec.points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.shape), head=rec.head
     )
 
 

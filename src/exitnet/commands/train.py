@@ -106,9 +106,9 @@ def _build(cfg: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
     ds = load_dataset(cfg.dataset, **data_kwargs)
     kwargs = dict(cfg.backbone_options)
     if cfg.backbone in _CHANNELS:
-        kwargs.setdefault("in_chans", ds.input_shape[0])
+        kwargs.setdefault("in_chans", ds.shape[0])
     if cfg.backbone == "mlp":
-        kwargs.setdefault("in_features", math.prod(ds.input_shape))
+        kwargs.setdefault("in_features", math.prod(ds.shape))
     kwargs.setdefault("num_classes", ds.num_classes)
     backbone = get_backbone(cfg.backbone, **kwargs)
     points = cfg.points if cfg.points is not None else _DEFAULT_POINTS.get(cfg.backbone)
@@ -117,7 +117,7 @@ def _build(cfg: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
             f"give the exit points of the {cfg.backbone} backbone with --points (see exitnet.list_exit_points)"
         )
     net = MultiExitNetwork.from_module(
-        backbone, points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.input_shape), head=cfg.head
+        backbone, points, num_classes=ds.num_classes, sample_input=torch.zeros(1, *ds.shape), head=cfg.head
     )
     return net, ds, {"name": cfg.dataset, "kwargs": data_kwargs}
 
